@@ -1,0 +1,53 @@
+"""The ``advmix`` command: a click group; each command family lives in its own module.
+
+User-facing failures (bad data, bad store, bad checkpoint) are raised as exceptions with a
+one-line message; ``main`` prints that line and exits 1 instead of showing a traceback. Usage
+errors (bad option values) are click's and exit 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from advmix.errors import AdvmixError
+from training.cli_data import data
+
+CONTEXT = {
+    "auto_envvar_prefix": "ADVMIX",
+    "show_default": True,
+    "help_option_names": ["-h", "--help"],
+}
+
+# Exception types whose message is the whole story; extended as packages add their own.
+USER_ERRORS: tuple[type[BaseException], ...] = (AdvmixError,)
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="advmix")
+def cli() -> None:
+    """AdvMix: adversarial mixing with disentangled StyleGAN representations."""
+
+
+cli.add_command(data)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="advmix", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except USER_ERRORS as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
