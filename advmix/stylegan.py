@@ -1,0 +1,472 @@
+"""StyleGAN2 generator: mapping z -> w, synthesis from per-layer styles ws [B, num_ws, w_dim].
+
+Follows NVlabs stylegan2-ada ``training/networks.py`` (one class per layer kind, equalised
+learning rate, modulated convolution with demodulation, per-layer noise, constant input, skip
+toRGB outputs), simplified for small images:
+
+- modulated convolution is the *non-grouped* formulation (scale the input channels by the
+  style, one convolution shared by the batch, scale the output channels by the demodulation
+  coefficients); ``GeneratorConfig.grouped=True`` selects the grouped form for comparison
+  (``benchmarks/bench_generator.py``). Both compute the same function.
+- upsampling is bilinear (equivalent to the [1, 3, 3, 1] FIR filter away from the borders).
+- no conv clamping, no fp16: this runs on CPUs as well as GPUs.
+
+Styles are indexed like NVlabs: a 32x32 generator has ``num_ws = 8`` (4x4 conv, then per block
+conv0, conv1 and toRGB, where a block's toRGB shares its index with the next block's conv0).
+``mix(ws_a, ws_b, k)`` takes the coarse styles ``0..k-1`` from ``a`` and the fine ones from ``b``.
+Every image depends only on its own styles (no batch statistics), and synthesis is
+differentiable with respect to ``ws`` for inversion and attacks.
+
+Checkpoints are one ``torch.save`` file holding only plain containers, strings and tensors;
+they are read with ``torch.load(..., weights_only=True)`` and anything else is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from advmix.errors import AdvmixError
+
+CHECKPOINT_FORMAT = "advmix-stylegan2-generator"
+CHECKPOINT_VERSION = 1
+NOISE_MODES = ("const", "random", "none")
+LRELU_GAIN = math.sqrt(2.0)
+
+
+class CheckpointError(AdvmixError):
+    """A generator checkpoint that is missing, unsafe, corrupt or of the wrong kind."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class GeneratorConfig:
+    """Architecture of a generator; JSON-serialisable and stored in every checkpoint."""
+
+    z_dim: int = 128
+    w_dim: int = 128
+    resolution: int = 32  # any power of two 8..1024
+    img_channels: int = 3
+    mapping_layers: int = 4
+    channel_base: int = 2048  # channels at resolution r: min(channel_base // r, channel_max)
+    channel_max: int = 128
+    mapping_lr_multiplier: float = 0.01
+    w_avg_beta: float = 0.995
+    grouped: bool = False  # grouped modulated conv (benchmark comparison only)
+    k: int | None = None  # coarse/fine split chosen by `advmix gan evaluate`
+
+    def __post_init__(self) -> None:
+        res = self.resolution
+        if not (isinstance(res, int) and 8 <= res <= 1024 and res & (res - 1) == 0):
+            raise ValueError(f"resolution must be a power of two in 8..1024, got {res}")
+        for name in ("z_dim", "w_dim", "img_channels", "mapping_layers", "channel_base"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.k is not None and not 1 <= self.k < self.num_ws:
+            raise ValueError(f"k must be in 1..{self.num_ws - 1}, got {self.k}")
+
+    @property
+    def block_resolutions(self) -> list[int]:
+        return [2**i for i in range(2, int(math.log2(self.resolution)) + 1)]
+
+    def channels(self, res: int) -> int:
+        return max(1, min(self.channel_base // res, self.channel_max))
+
+    @property
+    def num_ws(self) -> int:
+        return 2 * (len(self.block_resolutions) - 1) + 2
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> GeneratorConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown generator config keys {unknown}")
+        return cls(**data)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers
+
+
+def normalize_2nd_moment(x: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
+    return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
+
+
+def modulated_conv2d(
+    x: Tensor,  # [B, I, H, W]
+    weight: Tensor,  # [O, I, kh, kw]
+    styles: Tensor,  # [B, I]
+    demodulate: bool = True,
+    padding: int = 0,
+    grouped: bool = False,
+) -> Tensor:
+    """StyleGAN2 modulated convolution; non-grouped by default (same result as grouped)."""
+    batch, in_ch, height, width = x.shape
+    out_ch, _, kh, kw = weight.shape
+    dcoefs = None
+    if demodulate:
+        # sum_{i,k} (w[o,i,k] * s[b,i])^2 = sum_i s[b,i]^2 * (sum_k w[o,i,k]^2)
+        wsq = weight.square().sum(dim=[2, 3])  # [O, I]
+        dcoefs = (styles.square() @ wsq.t() + 1e-8).rsqrt()  # [B, O]
+    if not grouped:
+        x = x * styles[:, :, None, None]
+        x = F.conv2d(x, weight, padding=padding)
+        if dcoefs is not None:
+            x = x * dcoefs[:, :, None, None]
+        return x
+    w = weight[None] * styles[:, None, :, None, None]  # [B, O, I, kh, kw]
+    if dcoefs is not None:
+        w = w * dcoefs[:, :, None, None, None]
+    x = x.reshape(1, batch * in_ch, height, width)
+    x = F.conv2d(x, w.reshape(batch * out_ch, in_ch, kh, kw), padding=padding, groups=batch)
+    return x.reshape(batch, out_ch, x.shape[2], x.shape[3])
+
+
+def upsample2x(x: Tensor) -> Tensor:
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+class FullyConnectedLayer(nn.Module):
+    """Linear layer with equalised learning rate (weights stored as N(0, 1/lr_multiplier))."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        activation: str = "linear",
+        lr_multiplier: float = 1.0,
+        bias_init: float = 0.0,
+    ):
+        super().__init__()
+        self.activation = activation
+        self.weight = nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
+        self.bias = nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
+        self.weight_gain = lr_multiplier / math.sqrt(in_features)
+        self.bias_gain = lr_multiplier
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight * self.weight_gain
+        b = self.bias * self.bias_gain if self.bias is not None else None
+        x = F.linear(x, w, b)
+        if self.activation == "lrelu":
+            x = F.leaky_relu(x, 0.2) * LRELU_GAIN
+        return x
+
+
+class MappingNetwork(nn.Module):
+    """z [B, z_dim] -> w [B, num_ws, w_dim] (broadcast), tracking the average w."""
+
+    def __init__(self, cfg: GeneratorConfig, num_ws: int):
+        super().__init__()
+        self.z_dim, self.w_dim, self.num_ws = cfg.z_dim, cfg.w_dim, num_ws
+        self.w_avg_beta = cfg.w_avg_beta
+        features = [cfg.z_dim] + [cfg.w_dim] * cfg.mapping_layers
+        self.layers = nn.ModuleList(
+            FullyConnectedLayer(a, b, activation="lrelu", lr_multiplier=cfg.mapping_lr_multiplier)
+            for a, b in zip(features[:-1], features[1:], strict=True)
+        )
+        self.register_buffer("w_avg", torch.zeros([cfg.w_dim]))
+
+    def forward(self, z: Tensor, truncation_psi: float = 1.0) -> Tensor:
+        if z.ndim != 2 or z.shape[1] != self.z_dim:
+            raise ValueError(f"z must be [B, {self.z_dim}], got {list(z.shape)}")
+        x = normalize_2nd_moment(z.to(torch.float32))
+        for layer in self.layers:
+            x = layer(x)
+        if self.training:
+            self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
+        x = x.unsqueeze(1).repeat(1, self.num_ws, 1)
+        if truncation_psi != 1:
+            x = self.w_avg.lerp(x, truncation_psi)
+        return x
+
+
+class SynthesisLayer(nn.Module):
+    """Modulated 3x3 conv (optionally after 2x upsampling) + noise + bias + lrelu."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, w_dim: int, resolution: int, up: bool, grouped
+    ):
+        super().__init__()
+        self.resolution, self.up, self.grouped = resolution, up, grouped
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1.0)
+        self.weight = nn.Parameter(torch.randn([out_channels, in_channels, 3, 3]))
+        self.bias = nn.Parameter(torch.zeros([out_channels]))
+        self.noise_strength = nn.Parameter(torch.zeros([]))
+        self.register_buffer("noise_const", torch.randn([resolution, resolution]))
+
+    def forward(self, x: Tensor, w: Tensor, noise_mode: str = "const") -> Tensor:
+        styles = self.affine(w)  # [B, I]
+        if self.up:
+            x = upsample2x(x)
+        x = modulated_conv2d(x, self.weight, styles, padding=1, grouped=self.grouped)
+        if noise_mode == "random":
+            res = self.resolution
+            noise = torch.randn([x.shape[0], 1, res, res], device=x.device, dtype=x.dtype)
+            x = x + noise * self.noise_strength
+        elif noise_mode == "const":
+            x = x + self.noise_const * self.noise_strength
+        x = x + self.bias[None, :, None, None]
+        return F.leaky_relu(x, 0.2) * LRELU_GAIN
+
+
+class ToRGBLayer(nn.Module):
+    """Modulated 1x1 conv without demodulation: features -> image channels."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, grouped: bool):
+        super().__init__()
+        self.grouped = grouped
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1.0)
+        self.weight = nn.Parameter(torch.randn([out_channels, in_channels, 1, 1]))
+        self.bias = nn.Parameter(torch.zeros([out_channels]))
+        self.weight_gain = 1 / math.sqrt(in_channels)
+
+    def forward(self, x: Tensor, w: Tensor) -> Tensor:
+        styles = self.affine(w) * self.weight_gain
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False, grouped=self.grouped)
+        return x + self.bias[None, :, None, None]
+
+
+class SynthesisBlock(nn.Module):
+    """One resolution: (const input | upsampling conv0), conv1, toRGB added to the skip image."""
+
+    def __init__(self, cfg: GeneratorConfig, in_channels: int, out_channels: int, res: int):
+        super().__init__()
+        self.resolution = res
+        self.is_first = in_channels == 0
+        if self.is_first:
+            self.const = nn.Parameter(torch.randn([out_channels, res, res]))
+        else:
+            self.conv0 = SynthesisLayer(
+                in_channels, out_channels, cfg.w_dim, res, up=True, grouped=cfg.grouped
+            )
+        self.conv1 = SynthesisLayer(
+            out_channels, out_channels, cfg.w_dim, res, up=False, grouped=cfg.grouped
+        )
+        self.torgb = ToRGBLayer(out_channels, cfg.img_channels, cfg.w_dim, cfg.grouped)
+        self.num_conv = 1 if self.is_first else 2
+        self.num_torgb = 1
+
+    def forward(
+        self, x: Tensor | None, img: Tensor | None, ws: Tensor, noise_mode: str
+    ) -> tuple[Tensor, Tensor]:
+        # ws: [B, num_conv + num_torgb, w_dim]
+        if self.is_first:
+            x = self.const.unsqueeze(0).expand(ws.shape[0], -1, -1, -1)
+            x = self.conv1(x, ws[:, 0], noise_mode)
+        else:
+            x = self.conv0(x, ws[:, 0], noise_mode)
+            x = self.conv1(x, ws[:, 1], noise_mode)
+        y = self.torgb(x, ws[:, self.num_conv])
+        img = y if img is None else upsample2x(img) + y
+        return x, img
+
+
+class SynthesisNetwork(nn.Module):
+    """ws [B, num_ws, w_dim] -> images [B, C, R, R] (trained range [-1, 1])."""
+
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__()
+        self.blocks = nn.ModuleList()
+        self.num_ws = 0
+        in_channels = 0
+        for res in cfg.block_resolutions:
+            out_channels = cfg.channels(res)
+            block = SynthesisBlock(cfg, in_channels, out_channels, res)
+            self.blocks.append(block)
+            self.num_ws += block.num_conv
+            in_channels = out_channels
+        self.num_ws += 1  # the last block's toRGB
+        assert self.num_ws == cfg.num_ws
+
+    def forward(self, ws: Tensor, noise_mode: str = "const") -> Tensor:
+        x = img = None
+        w_idx = 0
+        for block in self.blocks:
+            n = block.num_conv + block.num_torgb
+            x, img = block(x, img, ws[:, w_idx : w_idx + n], noise_mode)
+            w_idx += block.num_conv
+        return img
+
+
+class Generator(nn.Module):
+    """StyleGAN2 generator: ``mapping`` (z -> ws), ``synthesis`` (ws -> images), ``mix``."""
+
+    def __init__(self, cfg: GeneratorConfig | None = None):
+        super().__init__()
+        self.cfg = cfg if cfg is not None else GeneratorConfig()
+        self.z_dim, self.w_dim = self.cfg.z_dim, self.cfg.w_dim
+        self.synthesis_net = SynthesisNetwork(self.cfg)
+        self.num_ws = self.synthesis_net.num_ws
+        self.mapping_net = MappingNetwork(self.cfg, self.num_ws)
+
+    @property
+    def w_avg(self) -> Tensor:
+        return self.mapping_net.w_avg
+
+    def mapping(self, z: Tensor, truncation_psi: float = 1.0) -> Tensor:
+        """z [B, z_dim] -> ws [B, num_ws, w_dim]; updates ``w_avg`` only in training mode."""
+        return self.mapping_net(z, truncation_psi=truncation_psi)
+
+    def synthesis(self, ws: Tensor, noise_mode: str = "const") -> Tensor:
+        """ws [B, num_ws, w_dim] -> images [B, C, R, R] in [-1, 1] (not clamped)."""
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
+            raise ValueError(f"ws must be [B, {self.num_ws}, {self.w_dim}], got {list(ws.shape)}")
+        return self.synthesis_net(ws.to(torch.float32), noise_mode=noise_mode)
+
+    @staticmethod
+    def mix(ws_a: Tensor, ws_b: Tensor, k: int) -> Tensor:
+        """Coarse styles 0..k-1 from ``ws_a``, fine styles k.. from ``ws_b``."""
+        if ws_a.shape != ws_b.shape:
+            raise ValueError(f"ws shapes differ: {list(ws_a.shape)} vs {list(ws_b.shape)}")
+        if not 0 <= k <= ws_a.shape[1]:
+            raise ValueError(f"k must be in 0..{ws_a.shape[1]}, got {k}")
+        return torch.cat([ws_a[:, :k], ws_b[:, k:]], dim=1)
+
+    def forward(self, z: Tensor, truncation_psi: float = 1.0, noise_mode: str = "const") -> Tensor:
+        return self.synthesis(self.mapping(z, truncation_psi=truncation_psi), noise_mode)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def generator_fingerprint(G: Generator) -> str:
+    """sha256 over the config JSON and every tensor (name, dtype, shape, bytes) in key order."""
+    return _fingerprint(G.cfg.to_json(), G.state_dict())
+
+
+def _fingerprint(config_json: str, state: dict[str, Tensor]) -> str:
+    h = hashlib.sha256()
+    h.update(config_json.encode())
+    for key in sorted(state):
+        t = state[key].detach().to("cpu").contiguous()
+        h.update(f"\n{key}|{str(t.dtype)}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_generator(G: Generator, path, extra: dict | None = None) -> str:
+    """Write config + weights (tensors only) atomically; returns the content fingerprint.
+
+    ``extra`` is stored as JSON (training settings, metrics) and must be JSON-serialisable.
+    """
+    state = {k: v.detach().to("cpu").clone() for k, v in G.state_dict().items()}
+    fingerprint = _fingerprint(G.cfg.to_json(), state)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "config": G.cfg.to_json(),
+        "state_dict": state,
+        "fingerprint": fingerprint,
+        "extra": json.dumps(extra or {}, sort_keys=True),
+    }
+    _atomic_torch_save(payload, Path(path))
+    return fingerprint
+
+
+def safe_torch_load(path, map_location="cpu", what: str = "checkpoint"):
+    """``torch.load(weights_only=True)`` with one-line errors for missing or unsafe files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {what} not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        code = [line for line in lines if "Unsupported global" in line or "GLOBAL" in line]
+        if not code:
+            raise CheckpointError(
+                f"{path}: not a readable {what} ({(lines[0] if lines else 'unpickling failed')[:200]})"
+            ) from None
+        raise CheckpointError(
+            f"{path}: refused to load {what}: it contains code or objects other than tensors and "
+            f"plain containers (weights_only=True): {code[0][:200]}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable {what} ({msg[:200]})") from None
+
+
+def read_generator_checkpoint(path, map_location="cpu") -> dict:
+    """The raw checkpoint dict (validated), with ``config`` parsed and ``extra`` decoded."""
+    data = safe_torch_load(path, map_location=map_location, what="generator checkpoint")
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not an advmix generator checkpoint")
+    if data.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path}: generator checkpoint version {data.get('version')!r} is not supported "
+            f"(expected {CHECKPOINT_VERSION})"
+        )
+    try:
+        cfg = GeneratorConfig.from_dict(json.loads(data["config"]))
+        extra = json.loads(data.get("extra", "{}"))
+        state = data["state_dict"]
+        assert isinstance(state, dict)
+    except (KeyError, TypeError, ValueError, AssertionError) as exc:
+        raise CheckpointError(f"{path}: malformed generator checkpoint ({exc})") from None
+    return {
+        "config": cfg,
+        "state_dict": state,
+        "extra": extra,
+        "fingerprint": data.get("fingerprint"),
+    }
+
+
+def load_generator(path, map_location="cpu") -> Generator:
+    """Rebuild a Generator from a checkpoint written by ``save_generator`` (eval mode)."""
+    data = read_generator_checkpoint(path, map_location=map_location)
+    G = Generator(data["config"])
+    try:
+        G.load_state_dict(data["state_dict"], strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(
+            f"{path}: weights do not match the stored config ({' '.join(first[:2])[:200]})"
+        ) from None
+    stored = data["fingerprint"]
+    if stored is not None and stored != generator_fingerprint(G):
+        raise CheckpointError(f"{path}: fingerprint mismatch, the file is corrupt")
+    G.to(map_location)
+    return G.eval().requires_grad_(False)
+
+
+def seeded_z(n: int, z_dim: int, seed: int) -> Tensor:
+    """Reproducible latents [n, z_dim] independent of the global RNG and the device."""
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(rng.standard_normal((n, z_dim)).astype(np.float32))
