@@ -1,0 +1,213 @@
+"""Where a store lives: fsspec URLs, storage options, and the few file operations we need.
+
+Accepted: a plain path, ``file://``, ``memory://``, ``s3://``, ``gs://`` (or ``gcs://``), and any
+other fsspec URL. ``storage_options`` go to fsspec and zarr unchanged; credentials otherwise come
+from the usual environment (``AWS_*`` for s3fs/botocore, ``STORAGE_EMULATOR_HOST`` and Google
+application credentials for gcsfs). Option values never appear in messages: see ``mask``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from contextlib import contextmanager
+from functools import cached_property
+from typing import Any
+
+from schemas.errors import StoreError
+
+_SECRET_KEY = re.compile(
+    r"key|secret|token|password|passwd|credential|session|auth|signature", re.I
+)
+_OPTION_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_storage_option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` -> (key, value); VALUE is JSON when it parses (true, 3, {...}), else text."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep:
+        raise StoreError("storage option must look like KEY=VALUE (no '=' found)")
+    if not _OPTION_KEY.match(key):
+        raise StoreError(f"storage option key {key!r} is not an identifier")
+    try:
+        return key, json.loads(raw)
+    except ValueError:
+        return key, raw
+
+
+def mask(options: Any) -> Any:
+    """A copy of ``options`` safe to print: values of credential-like keys become '***'."""
+    if isinstance(options, dict):
+        return {k: "***" if _SECRET_KEY.search(str(k)) else mask(v) for k, v in options.items()}
+    if isinstance(options, list | tuple):
+        return [mask(v) for v in options]
+    return options
+
+
+def redact_url(url: str) -> str:
+    """Drop any ``user:password@`` from a URL before it goes into a message."""
+    return re.sub(r"^([A-Za-z0-9+.-]+://)[^/@]*@", r"\1***@", url)
+
+
+def _is_local(url: str) -> bool:
+    return ("://" not in url and "::" not in url) or url.startswith("file://")
+
+
+def _emulator_defaults(url: str, options: dict) -> dict:
+    # gcsfs against STORAGE_EMULATOR_HOST: no Google credentials to look up, and its gRPC
+    # bucket-type probe stalls 60 s per bucket on emulators unless switched off before import.
+    if re.match(r"^gc?s://", url) and os.environ.get("STORAGE_EMULATOR_HOST"):
+        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+        return {"token": "anon", **options}
+    return options
+
+
+class Location:
+    """A store root: the URL as given, an fsspec filesystem, and the root path inside it.
+
+    Picklable (filesystems are rebuilt on first use), so it travels to worker processes.
+    """
+
+    def __init__(self, url: str, storage_options: dict | None = None) -> None:
+        if not isinstance(url, str) or not url.strip():
+            raise StoreError("store URL is empty")
+        self.url = url.rstrip("/") or url
+        self.local = _is_local(url)
+        self.storage_options = _emulator_defaults(url, dict(storage_options or {}))
+        self.display = redact_url(self.url)
+
+    def __getstate__(self) -> dict:
+        keep = ("url", "local", "storage_options", "display")
+        return {k: v for k, v in self.__dict__.items() if k in keep}
+
+    def __repr__(self) -> str:
+        return f"Location({self.display!r}, storage_options={mask(self.storage_options)!r})"
+
+    @cached_property
+    def _fs_and_root(self):
+        import fsspec
+        from fsspec.implementations.local import LocalFileSystem
+
+        with self.errors("open"):
+            if self.local:
+                path = self.url.removeprefix("file://")
+                return LocalFileSystem(auto_mkdir=True), os.path.abspath(os.path.expanduser(path))
+            fs, root = fsspec.url_to_fs(self.url, **self.storage_options)
+        return fs, root.rstrip("/")
+
+    @property
+    def fs(self):
+        return self._fs_and_root[0]
+
+    @property
+    def root(self) -> str:
+        return self._fs_and_root[1]
+
+    def path(self, rel: str) -> str:
+        return f"{self.root}/{rel}"
+
+    def zarr_store(self, read_only: bool):
+        """A zarr store for the root: LocalStore for local paths, FsspecStore otherwise."""
+        from zarr.storage import FsspecStore, LocalStore
+
+        with self.errors("open"):
+            if self.local:
+                return LocalStore(self.root, read_only=read_only)
+            return FsspecStore.from_url(
+                self.url, storage_options=self.storage_options, read_only=read_only
+            )
+
+    @contextmanager
+    def errors(self, action: str):
+        """Turn filesystem and client failures into one-line StoreErrors naming this store."""
+        try:
+            yield
+        except StoreError:
+            raise
+        except FileNotFoundError:
+            raise
+        except (OSError, *_client_errors()) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise StoreError(
+                f"cannot {action} {self.display}: {type(exc).__name__}: {first}"
+            ) from None
+
+    def read(self, rel: str) -> bytes:
+        with self.errors("read"):
+            return self.fs.cat_file(self.path(rel))
+
+    def write(self, rel: str, data: bytes) -> None:
+        """One PUT on object stores; on local disk a plain write (callers rewrite on retry)."""
+        with self.errors("write"):
+            self.fs.pipe_file(self.path(rel), data)
+
+    def write_atomic(self, rel: str, data: bytes) -> None:
+        """Readers see the old object or the new one, never a partial one.
+
+        Object stores make a single PUT atomic; on local disks we write a temporary file next to
+        the target and rename it, which POSIX makes atomic within one directory.
+        """
+        if not self.local:
+            self.write(rel, data)
+            return
+        target = self.path(rel)
+        temporary = f"{target}.tmp-{uuid.uuid4().hex}"
+        with self.errors("write"):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, target)
+
+    def delete(self, rel: str) -> None:
+        with self.errors("delete from"):
+            try:
+                self.fs.rm_file(self.path(rel))
+            except FileNotFoundError:
+                pass
+
+    def delete_all(self) -> None:
+        with self.errors("delete"):
+            try:
+                self.fs.rm(self.root, recursive=True)
+            except FileNotFoundError:
+                pass
+
+    def list_objects(self, prefix: str = "") -> dict[str, int]:
+        """{path relative to the root: size in bytes} of every object under ``prefix``."""
+        base = self.path(prefix).rstrip("/") if prefix else self.root
+        with self.errors("list"):
+            # Other processes (and zarr's own filesystem instance) write here too, and s3fs and
+            # gcsfs answer reads from a cached listing ("not found" for newer objects): keep no
+            # listing cached before or after.
+            self.fs.invalidate_cache()
+            try:
+                found = self.fs.find(base, detail=True)
+            except FileNotFoundError:
+                return {}
+            finally:
+                self.fs.invalidate_cache()
+        # ``find`` strips protocols and slashes inconsistently across filesystems; compare
+        # stripped forms so memory:// ("/x") and bucket ("bkt/x") roots both work.
+        root = self.root.strip("/") + "/"
+        objects = {}
+        for name, info in found.items():
+            if info.get("type", "file") != "file":
+                continue
+            stripped = self.fs._strip_protocol(name).strip("/")
+            if stripped.startswith(root):
+                objects[stripped[len(root) :]] = int(info.get("size") or 0)
+        return objects
+
+
+def _client_errors() -> tuple[type[BaseException], ...]:
+    # botocore raises its own types for unreachable endpoints and missing credentials.
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        return ()
+    return BotoCoreError, ClientError

@@ -1,0 +1,403 @@
+"""Writing a latent store from many workers: create once, whole shards anywhere, commit once.
+
+    writer = StoreWriter.create(url, layout=Layout(...), provenance=Provenance(k=4, ...))
+    todo = writer.missing_shards()               # all of them, or what an interrupted run left
+    # in any process, any order, retried freely:
+    StoreWriter.open(url).write_shard(s, w=..., labels=..., rows={"id": [...], ...})
+    writer.commit()                              # checks every shard, writes manifest.json last
+
+A shard write replaces whole objects (never part of a shard: concurrent partial writes lose data,
+``notes/ecosystem.md`` 2.3) and ends with a completion record holding the size and sha256 of
+every object it wrote. The same inputs give the same bytes, so retries and resumed runs produce
+the same checksums.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas.errors import StoreError
+from schemas.layout import (
+    DEAD_LETTER,
+    DEAD_LETTER_SCHEMA,
+    INDEX,
+    MANIFEST,
+    PLAN_ATTRIBUTE,
+    TEXT_COLUMNS,
+    WRITER_COLUMNS,
+    Layout,
+    dead_letter_part_path,
+    index_part_path,
+    record_path,
+)
+from schemas.manifest import Manifest, ObjectEntry, Provenance, ShardEntry
+from schemas.plan import make_plan, plan_parts, read_plan
+from schemas.urls import Location
+
+Rows = Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]
+
+
+class StoreWriter:
+    """Writes one store. Picklable: send it (or just the URL) to workers."""
+
+    def __init__(self, location: Location, layout: Layout, provenance: Provenance) -> None:
+        self.location = location
+        self.layout = layout
+        self.provenance = provenance
+        self._arrays: dict | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_arrays": None}
+
+    @classmethod
+    def create(
+        cls,
+        url: str,
+        layout: Layout,
+        provenance: Provenance,
+        *,
+        storage_options: dict | None = None,
+        overwrite: bool = False,
+    ) -> StoreWriter:
+        """Create the store's arrays once, on the driver, before any worker writes.
+
+        Creating again with the same layout and provenance resumes: shards already written
+        stay. A different plan, or a store that is already committed, is an error unless
+        ``overwrite`` (which deletes everything under the URL first).
+        """
+        import zarr
+
+        location = Location(url, storage_options)
+        provenance.check(layout)
+        plan = make_plan(layout, provenance)
+        if overwrite:
+            location.delete_all()
+        existing = location.list_objects()
+        if MANIFEST in existing:
+            raise StoreError(
+                f"{location.display} is already a committed store; pass overwrite to replace it"
+            )
+        if existing:
+            if read_plan(location) != plan:
+                raise StoreError(
+                    f"{location.display} holds an unfinished store with a different layout or "
+                    "provenance; use another URL or overwrite"
+                )
+            if all(path in existing for path in layout.metadata_objects()):
+                return cls(location, layout, provenance)
+            # Same plan but an array is missing: creation itself was interrupted, so no shard
+            # can have been written yet and creating from scratch loses nothing.
+        with location.errors("create"):
+            group = zarr.create_group(
+                location.zarr_store(read_only=False),
+                attributes={PLAN_ATTRIBUTE: plan},
+                overwrite=bool(existing),
+            )
+            for name, spec in layout.arrays.items():
+                group.create_array(
+                    name,
+                    shape=spec.shape,
+                    dtype=spec.dtype,
+                    chunks=spec.chunks,
+                    shards=spec.shards,
+                    fill_value=0,
+                )
+        return cls(location, layout, provenance)
+
+    @classmethod
+    def open(cls, url: str, storage_options: dict | None = None) -> StoreWriter:
+        """Open a created, uncommitted store in a worker."""
+        location = Location(url, storage_options)
+        layout, provenance = plan_parts(read_plan(location))
+        if MANIFEST in location.list_objects():
+            raise StoreError(f"{location.display} is already committed; it takes no more writes")
+        return cls(location, layout, provenance)
+
+    @property
+    def num_shards(self) -> int:
+        return self.layout.num_shards
+
+    def completed_shards(self) -> list[int]:
+        """Shards whose completion record exists and whose objects have the recorded sizes."""
+        return sorted(self._complete_records())
+
+    def missing_shards(self) -> list[int]:
+        done = set(self._complete_records())
+        return [s for s in range(self.num_shards) if s not in done]
+
+    def _complete_records(self) -> dict[int, ShardEntry]:
+        listing = self.location.list_objects()
+        complete = {}
+        for shard in range(self.num_shards):
+            if record_path(shard) not in listing:
+                continue
+            try:
+                entry = ShardEntry.from_dict(json.loads(self.location.read(record_path(shard))))
+            except (FileNotFoundError, KeyError, TypeError, ValueError):
+                continue  # unreadable record: the shard is simply written again
+            if entry.index == shard and all(listing.get(o.path) == o.size for o in entry.objects):
+                complete[shard] = entry
+        return complete
+
+    def write_shard(
+        self,
+        shard: int,
+        *,
+        w: np.ndarray,
+        labels: np.ndarray | Sequence[int],
+        rows: Rows,
+        images: np.ndarray | None = None,
+    ) -> ShardEntry:
+        """Write every sample of ``shard`` (arrays, index rows) and its completion record.
+
+        ``rows`` holds ``id`` (required, unique), optional ``source`` and ``split``, and one
+        float column per metric the layout declares (``rec_mse``, ``rec_psnr`` by default),
+        as a column mapping, a list of row dicts or a pandas DataFrame.
+        """
+        start, stop = self.layout.shard_bounds(shard)
+        count = stop - start
+        w, labels, images = self._check_arrays(shard, count, w, labels, images)
+        table = self._index_table(shard, start, count, labels, rows)
+
+        # A stale record must not vouch for objects being replaced: drop it first, write it last.
+        self.location.delete(record_path(shard))
+        arrays = self._open_arrays()
+        with self.location.errors("write shard to"):
+            arrays["w"][start:stop] = w
+            arrays["label"][start:stop] = labels
+            if images is not None:
+                arrays["image"][start:stop] = images
+        self.location.write(index_part_path(shard), _parquet_bytes(table))
+
+        # Hash what actually landed, read back: the record then proves the stored bytes.
+        objects = []
+        for path in self.layout.shard_objects(shard):
+            try:
+                objects.append(ObjectEntry.of(path, self.location.read(path)))
+            except FileNotFoundError:
+                raise StoreError(
+                    f"{self.location.display}: shard {shard} wrote no {path}"
+                ) from None
+        entry = ShardEntry(shard, start, count, tuple(objects))
+        self.location.write(record_path(shard), entry.to_json())
+        return entry
+
+    def write_dead_letters(self, part: str, rows: Rows) -> int:
+        """Write rejected inputs (``id``, ``source``, ``reason``) as part ``part``.
+
+        Each worker uses its own part name (worker or bundle id); writing a part again replaces
+        it, so retries do not duplicate rows. Returns the number of rows written.
+        """
+        columns = _columns(rows, "dead-letter rows")
+        unknown = set(columns) - set(DEAD_LETTER_SCHEMA.names)
+        if unknown:
+            raise StoreError(f"unknown dead-letter columns: {', '.join(sorted(unknown))}")
+        count = len(next(iter(columns.values()), []))
+        if any(len(values) != count for values in columns.values()):
+            raise StoreError("dead-letter columns have different lengths")
+        if "reason" not in columns or any(r is None or r == "" for r in columns["reason"]):
+            raise StoreError("every dead-letter row needs a non-empty reason")
+        arrays = [
+            pa.array(_texts(columns.get(name, [None] * count), name, count), pa.string())
+            for name in DEAD_LETTER_SCHEMA.names
+        ]
+        table = pa.Table.from_arrays(arrays, schema=DEAD_LETTER_SCHEMA)
+        self.location.write(dead_letter_part_path(part), _parquet_bytes(table))
+        return count
+
+    def commit(self, *, code_version: str | None = None) -> Manifest:
+        """Check that every shard is complete, merge the index and dead letters, write the
+        manifest last and atomically. Committing again rewrites the same manifest (new time)."""
+        records = self._complete_records()
+        missing = [s for s in range(self.num_shards) if s not in records]
+        if missing:
+            shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+            raise StoreError(
+                f"cannot commit {self.location.display}: {len(missing)} of {self.num_shards} "
+                f"shards not written ({shown})"
+            )
+        # One row group per shard, so a reader can fetch one shard's rows alone.
+        index = _parquet_bytes(self._merged_index(), self.layout.shard_size)
+        index_entry = ObjectEntry.of(INDEX, index)
+        self.location.write(INDEX, index)
+        dead, num_dead = self._merged_dead_letters()
+        dead_entry = ObjectEntry.of(DEAD_LETTER, dead)
+        self.location.write(DEAD_LETTER, dead)
+        metadata = tuple(
+            ObjectEntry.of(path, self.location.read(path))
+            for path in self.layout.metadata_objects()
+        )
+        manifest = Manifest(
+            layout=self.layout,
+            provenance=self.provenance,
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            code_version=code_version or _code_version(),
+            metadata=metadata,
+            shards=tuple(records[s] for s in range(self.num_shards)),
+            index=index_entry,
+            dead_letter=dead_entry,
+            num_dead_letters=num_dead,
+        )
+        self.location.write_atomic(MANIFEST, manifest.to_json())
+        return manifest
+
+    # -- helpers, in the order write_shard and commit use them ------------------------------
+
+    def _check_arrays(self, shard, count, w, labels, images):
+        layout = self.layout
+        w = np.asarray(w)
+        expected = (count, layout.num_ws, layout.w_dim)
+        if w.shape != expected:
+            raise StoreError(
+                f"shard {shard}: w has shape {w.shape}, expected {expected} "
+                "(a shard is written whole)"
+            )
+        if not np.issubdtype(w.dtype, np.floating) or not np.isfinite(w).all():
+            raise StoreError(f"shard {shard}: w must be finite floats")
+        w = w.astype(layout.w_dtype, copy=False)
+        if not np.isfinite(w).all():
+            raise StoreError(f"shard {shard}: w overflows {layout.w_dtype}")
+        labels = np.asarray(labels)
+        if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
+            raise StoreError(
+                f"shard {shard}: labels must be {count} integers, got {labels.dtype} {labels.shape}"
+            )
+        labels = labels.astype(np.int64, copy=False)
+        if layout.label_names and (labels.min() < 0 or labels.max() >= len(layout.label_names)):
+            raise StoreError(
+                f"shard {shard}: labels must be in [0, {len(layout.label_names)}), got "
+                f"{labels.min()}..{labels.max()}"
+            )
+        if (images is None) != (layout.image_shape is None):
+            want = "needs images" if images is None else "has no image array"
+            raise StoreError(f"shard {shard}: this store {want}")
+        if images is not None:
+            images = np.asarray(images)
+            if images.shape != (count, *layout.image_shape) or images.dtype != np.uint8:
+                raise StoreError(
+                    f"shard {shard}: images must be uint8 {(count, *layout.image_shape)}, "
+                    f"got {images.dtype} {images.shape}"
+                )
+        return w, labels, images
+
+    def _index_table(self, shard, start, count, labels, rows) -> pa.Table:
+        columns = _columns(rows, f"shard {shard} rows")
+        reserved = set(columns) & set(WRITER_COLUMNS)
+        if reserved:
+            raise StoreError(
+                f"shard {shard}: index column(s) {', '.join(sorted(reserved))} are filled by "
+                "the writer (labels go in the labels argument)"
+            )
+        allowed = set(TEXT_COLUMNS) | set(self.layout.metrics)
+        unknown = set(columns) - allowed
+        if unknown:
+            raise StoreError(
+                f"shard {shard}: index column(s) {', '.join(sorted(unknown))} not declared; "
+                f"this store's metrics are {', '.join(self.layout.metrics) or 'none'}"
+            )
+        for name, values in columns.items():
+            if len(values) != count:
+                raise StoreError(
+                    f"shard {shard}: column {name!r} has {len(values)} rows, not {count}"
+                )
+        if "id" not in columns:
+            raise StoreError(f"shard {shard}: index rows need an 'id' column")
+        ids = _texts(columns["id"], "id", count)
+        if any(not i for i in ids):
+            raise StoreError(f"shard {shard}: every row needs a non-empty id")
+        if len(set(ids)) != count:
+            raise StoreError(f"shard {shard}: ids are not unique")
+        data = {
+            "sample": pa.array(np.arange(start, start + count, dtype=np.int64)),
+            "shard": pa.array(np.full(count, shard, dtype=np.int32)),
+            "id": pa.array(ids, pa.string()),
+            "label": pa.array(labels),
+            "source": pa.array(_texts(columns.get("source"), "source", count), pa.string()),
+            "split": pa.array(_texts(columns.get("split"), "split", count), pa.string()),
+        }
+        for metric in self.layout.metrics:
+            if metric not in columns:
+                raise StoreError(f"shard {shard}: index rows need the metric column {metric!r}")
+            try:
+                data[metric] = pa.array(np.asarray(columns[metric], dtype=np.float64))
+            except (TypeError, ValueError):
+                raise StoreError(f"shard {shard}: metric {metric!r} must be numbers") from None
+        return pa.Table.from_pydict(data, schema=self.layout.index_schema())
+
+    def _open_arrays(self) -> dict:
+        if self._arrays is None:
+            import zarr
+
+            with self.location.errors("open"):
+                group = zarr.open_group(self.location.zarr_store(read_only=False), mode="r+")
+                # Write every inner chunk, zeros included: a shard of all-zero labels or black
+                # images must still be an object, or readers would call the shard missing.
+                self._arrays = {
+                    name: group[name].with_config({"write_empty_chunks": True})
+                    for name in self.layout.arrays
+                }
+        return self._arrays
+
+    def _merged_index(self) -> pa.Table:
+        parts = []
+        for shard in range(self.num_shards):
+            table = pq.read_table(io.BytesIO(self.location.read(index_part_path(shard))))
+            parts.append(table.cast(self.layout.index_schema()))
+        index = pa.concat_tables(parts)
+        ids = index.column("id").to_numpy(zero_copy_only=False)
+        unique, counts = np.unique(ids, return_counts=True)
+        if len(unique) != len(ids):
+            dupes = ", ".join(repr(str(i)) for i in unique[counts > 1][:5])
+            raise StoreError(f"cannot commit {self.location.display}: duplicate sample ids {dupes}")
+        return index
+
+    def _merged_dead_letters(self) -> tuple[bytes, int]:
+        parts = sorted(
+            p for p in self.location.list_objects("dead_letter") if p.endswith(".parquet")
+        )
+        tables = [pq.read_table(io.BytesIO(self.location.read(p))) for p in parts]
+        tables = [t.cast(DEAD_LETTER_SCHEMA) for t in tables] or [DEAD_LETTER_SCHEMA.empty_table()]
+        merged = pa.concat_tables(tables)
+        return _parquet_bytes(merged), merged.num_rows
+
+
+def _columns(rows: Rows, what: str) -> dict[str, list]:
+    """Rows as {column: list}; accepts a column mapping, a list of dicts or a DataFrame."""
+    if hasattr(rows, "to_dict") and hasattr(rows, "columns"):  # pandas DataFrame
+        return {str(c): list(rows[c]) for c in rows.columns}
+    if isinstance(rows, Mapping):
+        return {str(k): list(v) for k, v in rows.items()}
+    if isinstance(rows, Iterable):
+        rows = list(rows)
+        names = list(dict.fromkeys(k for row in rows for k in row))
+        return {k: [row.get(k) for row in rows] for k in names}
+    raise StoreError(f"{what} must be a column mapping, a list of dicts or a DataFrame")
+
+
+def _texts(values, name: str, count: int) -> list[str | None]:
+    if values is None:
+        return [None] * count
+    return [None if v is None else str(v) for v in values]
+
+
+def _parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
+    # Same table, same pyarrow: same bytes. No pandas metadata, no timestamps.
+    sink = io.BytesIO()
+    pq.write_table(table, sink, row_group_size=row_group_size)
+    return sink.getvalue()
+
+
+def _code_version() -> str:
+    try:
+        return f"advmix {importlib.metadata.version('advmix')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "advmix (not installed)"
