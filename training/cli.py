@@ -12,7 +12,10 @@ import sys
 import click
 
 from advmix.errors import AdvmixError
+from schemas.errors import StoreError
 from training.cli_data import data
+from training.cli_gan import gan
+from training.cli_store import store
 
 CONTEXT = {
     "auto_envvar_prefix": "ADVMIX",
@@ -21,7 +24,7 @@ CONTEXT = {
 }
 
 # Exception types whose message is the whole story; extended as packages add their own.
-USER_ERRORS: tuple[type[BaseException], ...] = (AdvmixError,)
+USER_ERRORS: tuple[type[BaseException], ...] = (AdvmixError, StoreError)
 
 
 @click.group(context_settings=CONTEXT)
@@ -31,6 +34,8 @@ def cli() -> None:
 
 
 cli.add_command(data)
+cli.add_command(gan)
+cli.add_command(store)
 
 
 def main(argv: list[str] | None = None) -> None:

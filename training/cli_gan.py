@@ -1,0 +1,155 @@
+"""``advmix gan ...``: train, evaluate and inspect StyleGAN2 generators."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from training.params import DATASET_SPEC
+
+DEVICE = click.Choice(["cpu", "cuda"])
+
+
+def _check_device(device: str) -> str:
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter("CUDA is not available on this machine", param_hint="--device")
+    return device
+
+
+@click.group()
+def gan() -> None:
+    """Train and evaluate StyleGAN2 generators."""
+
+
+@gan.command()
+@click.option(
+    "--dataset",
+    "spec",
+    type=DATASET_SPEC,
+    default="cfmnist:train-random",
+    help="Training images (unlabelled use), e.g. cfmnist:train-random.",
+)
+@click.option(
+    "--out",
+    "run_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Run directory: checkpoint, snapshots, grids, log.",
+)
+@click.option("--iterations", type=click.IntRange(1), default=10_000, help="G+D steps in total.")
+@click.option("--batch", type=click.IntRange(2), default=32)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.0025)
+@click.option("--r1-gamma", type=click.FloatRange(0), default=0.01)
+@click.option("--r1-interval", type=click.IntRange(1), default=16)
+@click.option("--style-mix-prob", type=click.FloatRange(0, 1), default=0.9)
+@click.option("--ema-kimg", type=click.FloatRange(0, min_open=True), default=10.0)
+@click.option("--z-dim", type=click.IntRange(1), default=128)
+@click.option("--w-dim", type=click.IntRange(1), default=128)
+@click.option("--mapping-layers", type=click.IntRange(1), default=4)
+@click.option("--resolution", type=click.IntRange(8, 1024), default=32)
+@click.option(
+    "--channel-base",
+    type=click.IntRange(1),
+    default=1024,
+    help="G channels at resolution r: min(base // r, max).",
+)
+@click.option("--channel-max", type=click.IntRange(1), default=128)
+@click.option("--d-channel-base", type=click.IntRange(1), default=512)
+@click.option("--d-channel-max", type=click.IntRange(1), default=64)
+@click.option(
+    "--mix-k",
+    type=click.IntRange(1),
+    default=None,
+    help="k of the training-time mixing grids [default: num_ws // 2].",
+)
+@click.option(
+    "--snapshot-every",
+    type=click.IntRange(1),
+    default=1000,
+    help="Iterations between checkpoints and G_ema snapshots.",
+)
+@click.option(
+    "--sample-every",
+    type=click.IntRange(1),
+    default=500,
+    help="Iterations between sample and mixing grids.",
+)
+@click.option("--seed", type=int, default=0)
+@click.option("--device", type=DEVICE, default="cpu")
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
+@click.option(
+    "--data-root", type=click.Path(file_okay=False), default=None, help="Folder with the IDX files."
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    default=None,
+    help="CPU threads for torch [default: torch's choice].",
+)
+@click.option(
+    "--time-limit-min",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Stop (with checkpoint and snapshot) after this many minutes.",
+)
+def train(spec, run_dir: Path, iterations, batch, lr, r1_gamma, r1_interval, style_mix_prob,
+          ema_kimg, z_dim, w_dim, mapping_layers, resolution, channel_base, channel_max,
+          d_channel_base, d_channel_max, mix_k, snapshot_every, sample_every, seed, device,
+          resume, data_root, no_progress, threads, time_limit_min) -> None:  # fmt: skip
+    """Train a StyleGAN2 generator on unlabelled images (non-saturating loss, lazy R1, style
+    mixing, EMA); writes snapshots, sample and style-mixing grids into OUT."""
+    from advmix.discriminator import DiscriminatorConfig
+    from advmix.errors import AdvmixError
+    from advmix.stylegan import GeneratorConfig
+    from training.gan import GANTrainConfig, GANTrainer, set_threads
+
+    device = _check_device(device)
+    set_threads(threads)
+    try:
+        gcfg = GeneratorConfig(
+            z_dim=z_dim, w_dim=w_dim, resolution=resolution, mapping_layers=mapping_layers,
+            channel_base=channel_base, channel_max=channel_max,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if mix_k is not None and mix_k >= gcfg.num_ws:
+        raise click.BadParameter(f"must be < num_ws = {gcfg.num_ws}", param_hint="--mix-k")
+    cfg = GANTrainConfig(
+        dataset=str(spec), iterations=iterations, batch=batch, lr=lr, r1_gamma=r1_gamma,
+        r1_interval=r1_interval, style_mix_prob=style_mix_prob, ema_kimg=ema_kimg, seed=seed,
+        snapshot_every=snapshot_every, sample_every=sample_every, mix_k=mix_k, G=gcfg,
+        D=DiscriminatorConfig(resolution=resolution, channel_base=d_channel_base,
+                              channel_max=d_channel_max),
+    )  # fmt: skip
+    trainer = GANTrainer(cfg, run_dir, device=device)
+    if resume:
+        if not trainer.checkpoint_path.is_file():
+            raise AdvmixError(f"{trainer.checkpoint_path}: nothing to resume")
+        trainer.load_checkpoint()
+        click.echo(f"resumed from iteration {trainer.iteration}", err=True)
+    elif trainer.checkpoint_path.exists():
+        raise AdvmixError(f"{run_dir} already holds a run; pass --resume or another --out")
+    trainer.load_data(data_root)
+    n_g = sum(p.numel() for p in trainer.G.parameters())
+    n_d = sum(p.numel() for p in trainer.D.parameters())
+    click.echo(
+        f"training G ({n_g / 1e6:.2f} M params, num_ws {gcfg.num_ws}) and D ({n_d / 1e6:.2f} M) "
+        f"on {spec} ({len(trainer.images)} images), device {device}",
+        err=True,
+    )
+    time_limit_s = None if time_limit_min is None else time_limit_min * 60
+    trainer.train(progress=not no_progress, time_limit_s=time_limit_s)
+    click.echo(
+        json.dumps(
+            {
+                "generator": str(run_dir / "generator.pt"),
+                "iterations": trainer.iteration,
+                "train_wall_s": round(trainer.elapsed_s, 1),
+            }
+        )
+    )
