@@ -1,0 +1,139 @@
+"""Algorithm 1 of the paper, batched: invert images into W+ styles whose coarse part carries content.
+
+For each image ``x``: start from the mean of M mapped latents, then take Adam steps on
+    L_rec = a0 * ||dec(w+) - x||^2 + sum_i a_i * ||vgg_i(dec(w+)) - vgg_i(x)||^2
+    L_mix = sum_i b_i * ||vgg_i(dec(w+_coarse, map(z)_fine)) - vgg_i(x)||^2,  z fresh each step.
+The mixing loss is what pushes content into the coarse styles: the fine styles are replaced by
+random ones and the image must still look like ``x``. Squared norms are means over elements
+(per image) so the weights do not depend on image size or layer width.
+
+Each image is optimised independently of its batch-mates: losses are summed over the batch
+(so one image's gradient never involves another's), Adam's moments are per element, and the
+random z of the mixing loss come from a per-image seed. Batching only amortises the networks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from advmix.perceptual import VGGFeatures
+from advmix.stylegan import Generator
+
+
+@dataclass
+class InversionConfig:
+    steps: int = 100
+    lr: float = 0.03
+    lr_rampdown: float = 0.25  # cosine ramp-down over the last fraction of steps (NVlabs projector)
+    w_avg_samples: int = 1000  # M in Algorithm 1
+    alpha_pixel: float = 1.0  # a0
+    alpha_features: Sequence[float] = field(default_factory=lambda: (1.0, 1.0, 1.0))  # a_i
+    beta_mix: Sequence[float] = field(default_factory=lambda: (0.2, 0.2, 0.2))  # b_i (paper 1/5)
+    k: int | None = None  # coarse/fine split; None takes the generator's
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            **asdict(self),
+            "alpha_features": list(self.alpha_features),
+            "beta_mix": list(self.beta_mix),
+        }
+
+
+@dataclass
+class InversionResult:
+    ws: torch.Tensor  # [B, L, D] float32 on CPU
+    rec_mse: torch.Tensor  # [B] pixel MSE of the final reconstruction in [0, 1] units
+    rec_psnr: torch.Tensor  # [B] dB
+    loss: torch.Tensor  # [B] final L_rec + L_mix
+
+
+def mean_style(G: Generator, samples: int, seed: int) -> torch.Tensor:
+    """Average mapped latent [L, D] over ``samples`` draws (Algorithm 1, line 1)."""
+    device = next(G.parameters()).device
+    z = torch.randn(samples, G.cfg.z_dim, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return G.mapping(z.to(device)).mean(dim=0)
+
+
+def mixing_noise(seeds: Sequence[int], steps: int, z_dim: int) -> torch.Tensor:
+    """z [B, steps, z_dim] drawn per image from its own seed, so batching cannot change it."""
+    return torch.stack(
+        [torch.randn(steps, z_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    )
+
+
+def _per_image_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).square().flatten(1).mean(dim=1)
+
+
+def _feature_loss(feats, targets, weights) -> torch.Tensor:
+    return sum(w * _per_image_mse(f, t) for w, f, t in zip(weights, feats, targets, strict=True))
+
+
+def _learning_rate(cfg: InversionConfig, step: int) -> float:
+    t = step / max(cfg.steps, 1)
+    ramp = min(1.0, (1.0 - t) / cfg.lr_rampdown) if cfg.lr_rampdown > 0 else 1.0
+    return cfg.lr * 0.5 * (1.0 - math.cos(math.pi * ramp)) if ramp < 1.0 else cfg.lr
+
+
+def invert(
+    G: Generator,
+    features: VGGFeatures,
+    images: torch.Tensor,
+    cfg: InversionConfig,
+    seeds: Sequence[int] | None = None,
+    w_start: torch.Tensor | None = None,
+) -> InversionResult:
+    """Invert ``images`` [B, 3, H, W] in [-1, 1]; ``seeds`` (one per image) fix the mixing z."""
+    device = next(G.parameters()).device
+    batch = images.shape[0]
+    k = cfg.k if cfg.k is not None else G.cfg.k
+    if k is None or not 0 < k < G.num_ws:
+        raise ValueError(f"coarse/fine split k={k} must be in 1..{G.num_ws - 1}")
+    seeds = list(range(batch)) if seeds is None else list(seeds)
+    target = images.to(device, torch.float32)
+    with torch.no_grad():
+        target_feats = features(target)
+    if w_start is None:
+        w_start = mean_style(G, cfg.w_avg_samples, cfg.seed)
+    ws = w_start.to(device).expand(batch, -1, -1).clone().requires_grad_(True)
+    # One z per step plus one for the reported final loss.
+    z_mix = mixing_noise([cfg.seed * 1_000_003 + s for s in seeds], cfg.steps + 1, G.cfg.z_dim)
+    optimiser = torch.optim.Adam([ws], lr=cfg.lr, betas=(0.9, 0.999))
+
+    with torch.enable_grad():
+        for step in range(cfg.steps):
+            for group in optimiser.param_groups:
+                group["lr"] = _learning_rate(cfg, step)
+            loss = _objective(
+                G, features, ws, target, target_feats, z_mix[:, step].to(device), k, cfg
+            )
+            optimiser.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            optimiser.step()
+
+    with torch.no_grad():
+        final = ws.detach()
+        recon = G.synthesis(final, noise_mode="const")
+        mse = _per_image_mse(recon.clamp(-1, 1), target) / 4.0  # [-1,1] -> [0,1] units
+        last = _objective(
+            G, features, final, target, target_feats, z_mix[:, cfg.steps].to(device), k, cfg
+        )
+    psnr = 10.0 * torch.log10(1.0 / mse.clamp_min(1e-10))
+    return InversionResult(final.cpu(), mse.cpu(), psnr.cpu(), last.cpu())
+
+
+def _objective(G, features, ws, target, target_feats, z, k, cfg) -> torch.Tensor:
+    """Per-image L_rec + L_mix [B] (Algorithm 1, lines 3-8)."""
+    recon = G.synthesis(ws, noise_mode="const")
+    rec = cfg.alpha_pixel * _per_image_mse(recon, target)
+    rec = rec + _feature_loss(features(recon), target_feats, cfg.alpha_features)
+    with torch.no_grad():
+        random_styles = G.mapping(z)
+    mixed = G.synthesis(G.mix(ws, random_styles, k), noise_mode="const")
+    return rec + _feature_loss(features(mixed), target_feats, cfg.beta_mix)
