@@ -20,11 +20,6 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def fingerprint(data: bytes) -> str:
-    """The form in which stores record a generator checkpoint: ``sha256:<hex of its bytes>``."""
-    return f"sha256:{sha256_hex(data)}"
-
-
 @dataclass(frozen=True)
 class ObjectEntry:
     """One stored object: path relative to the store root, size and sha256 of its bytes."""

@@ -110,15 +110,22 @@ class Location:
         return f"{self.root}/{rel}"
 
     def zarr_store(self, read_only: bool):
-        """A zarr store for the root: LocalStore for local paths, FsspecStore otherwise."""
+        """A zarr store for the root: LocalStore for local paths, FsspecStore otherwise.
+
+        The FsspecStore wraps this location's own (synchronous) filesystem instead of letting
+        zarr build a second, asynchronous one: writes through zarr then invalidate the listing
+        cache our reads use, one connection pool serves both, and the client session is
+        closed at exit (an asynchronous s3fs instance leaves "Unclosed client session" on
+        stderr of every command that touched an array).
+        """
+        from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
         from zarr.storage import FsspecStore, LocalStore
 
         with self.errors("open"):
             if self.local:
                 return LocalStore(self.root, read_only=read_only)
-            return FsspecStore.from_url(
-                self.url, storage_options=self.storage_options, read_only=read_only
-            )
+            wrapped = AsyncFileSystemWrapper(self.fs, asynchronous=True)
+            return FsspecStore(wrapped, path=self.root, read_only=read_only)
 
     @contextmanager
     def errors(self, action: str):

@@ -263,7 +263,8 @@ class StoreWriter:
             )
         if not np.issubdtype(w.dtype, np.floating) or not np.isfinite(w).all():
             raise StoreError(f"shard {shard}: w must be finite floats")
-        w = w.astype(layout.w_dtype, copy=False)
+        with np.errstate(over="ignore"):  # reported below, as a StoreError
+            w = w.astype(layout.w_dtype, copy=False)
         if not np.isfinite(w).all():
             raise StoreError(f"shard {shard}: w overflows {layout.w_dtype}")
         labels = np.asarray(labels)

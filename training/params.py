@@ -21,3 +21,37 @@ class DatasetSpecType(click.ParamType):
 
 
 DATASET_SPEC = DatasetSpecType()
+
+
+class StorageOptionType(click.ParamType):
+    """``KEY=VALUE`` for fsspec; VALUE is JSON when it parses (``anon=true``), else a string."""
+
+    name = "KEY=VALUE"
+
+    def convert(self, value, param, ctx) -> tuple:
+        from schemas.errors import StoreError
+        from schemas.urls import parse_storage_option
+
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_storage_option(value)
+        except StoreError as exc:  # the message never repeats the value: it may be a secret
+            self.fail(str(exc), param, ctx)
+
+
+STORAGE_OPTION = StorageOptionType()
+
+
+def storage_options(command):
+    """Add a repeatable ``--storage-option KEY=VALUE``, passed as dict ``storage_options``."""
+    return click.option(
+        "--storage-option",
+        "storage_options",
+        type=STORAGE_OPTION,
+        multiple=True,
+        callback=lambda ctx, param, pairs: dict(pairs),
+        help="fsspec option for the store URL, repeatable (e.g. endpoint_url=http://..., "
+        "anon=true). Credentials also come from AWS_* / STORAGE_EMULATOR_HOST / Google "
+        "application credentials in the environment.",
+    )(command)
