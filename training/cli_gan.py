@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+import advmix
 from training.params import DATASET_SPEC
 
 DEVICE = click.Choice(["cpu", "cuda"])
@@ -153,3 +154,141 @@ def train(spec, run_dir: Path, iterations, batch, lr, r1_gamma, r1_interval, sty
             }
         )
     )
+
+
+SHIPPED_CLASSIFIER = (
+    Path(advmix.__file__).resolve().parent / "assets" / "cfmnist-gray-classifier.pt"
+)
+
+
+@gan.command("train-classifier")
+@click.option(
+    "--dataset",
+    "train_spec",
+    type=DATASET_SPEC,
+    default="cfmnist:train?gray=1",
+    help="Real labelled training images.",
+)
+@click.option(
+    "--test",
+    "test_spec",
+    type=DATASET_SPEC,
+    default="cfmnist:random",
+    help="Real labelled test images (accuracy is reported).",
+)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--epochs", type=click.IntRange(1), default=3)
+@click.option(
+    "--input-mode",
+    type=click.Choice(["gray-max", "rgb"]),
+    default="gray-max",
+    help="gray-max: colour-blind input (max over RGB).",
+)
+@click.option("--seed", type=int, default=0)
+@click.option("--threads", type=click.IntRange(1), default=None)
+@click.option("--data-root", type=click.Path(file_okay=False), default=None)
+def train_classifier_cmd(train_spec, test_spec, out: Path, epochs, input_mode, seed, threads,
+                         data_root) -> None:  # fmt: skip
+    """Train the small evaluation classifier (SmallCNN) used by `advmix gan evaluate`."""
+    from advmix.classifiers import save_classifier
+    from training.gan import set_threads
+    from training.gan_eval import train_classifier
+
+    set_threads(threads)
+    model, info = train_classifier(
+        str(train_spec), str(test_spec), epochs=epochs, seed=seed, input_mode=input_mode,
+        data_root=data_root,
+    )  # fmt: skip
+    save_classifier(model, out, extra=info)
+    click.echo(json.dumps(info))
+
+
+@gan.command()
+@click.option(
+    "--generator",
+    "generator_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Generator checkpoint (advmix format).",
+)
+@click.option(
+    "--classifier",
+    "classifier_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=SHIPPED_CLASSIFIER,
+    show_default="the shipped gray classifier",
+    help="Colour-blind evaluation classifier (`advmix gan train-classifier`).",
+)
+@click.option("--pairs", type=click.IntRange(10), default=1000, help="(A, B) pairs per k.")
+@click.option(
+    "--fd-samples",
+    type=click.IntRange(10),
+    default=2000,
+    help="Generated and real images for the Frechet distances.",
+)
+@click.option("--truncation", type=click.FloatRange(0, 1), default=1.0)
+@click.option("--seed", type=int, default=0)
+@click.option(
+    "--grids",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also write samples.png and mixing-k<k>.png for every k here.",
+)
+@click.option(
+    "--write-k",
+    "write_k",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Save a copy of the generator with the chosen k in its config "
+    "(and these metrics in its extra) to this path.",
+)
+@click.option(
+    "--k",
+    "force_k",
+    type=click.IntRange(1),
+    default=None,
+    help="With --write-k: record this k instead of the chosen one.",
+)
+@click.option("--threads", type=click.IntRange(1), default=None)
+@click.option("--data-root", type=click.Path(file_okay=False), default=None)
+def evaluate(generator_path, classifier_path, pairs, fd_samples, truncation, seed, grids,
+             write_k, force_k, threads, data_root) -> None:  # fmt: skip
+    """Print JSON metrics: class kept and colour following B under mix(A, B, k) for every k,
+    Frechet distances to real images, and the chosen k."""
+    from advmix.classifiers import load_classifier
+    from advmix.stylegan import (
+        generator_fingerprint,
+        load_generator,
+        read_generator_checkpoint,
+        save_generator,
+    )
+    from training.gan import mixing_grid, sample_grid, save_grid, set_threads
+    from training.gan_eval import evaluate_generator
+
+    set_threads(threads)
+    G = load_generator(generator_path)
+    classifier, info = load_classifier(classifier_path)
+    if force_k is not None and force_k >= G.num_ws:
+        raise click.BadParameter(f"must be < num_ws = {G.num_ws}", param_hint="--k")
+    metrics = evaluate_generator(
+        G, classifier, pairs=pairs, fd_samples=fd_samples, seed=seed, truncation_psi=truncation,
+        data_root=data_root,
+    )  # fmt: skip
+    result = {
+        "generator": str(generator_path),
+        "fingerprint": generator_fingerprint(G),
+        "classifier": str(classifier_path),
+        "classifier_test_accuracy": info.get("test_accuracy"),
+        **metrics,
+    }
+    if grids is not None:
+        save_grid(sample_grid(G, 64), grids / "samples.png", nrow=8)
+        for k in range(1, G.num_ws):
+            save_grid(mixing_grid(G, k), grids / f"mixing-k{k}.png", nrow=7)
+    if write_k is not None:
+        extra = read_generator_checkpoint(generator_path)["extra"]
+        G.cfg.k = force_k or metrics["chosen_k"]
+        extra["evaluate"] = {key: v for key, v in result.items() if key != "fingerprint"}
+        result["written"] = {"path": str(write_k), "k": G.cfg.k,
+                             "fingerprint": save_generator(G, write_k, extra)}  # fmt: skip
+    click.echo(json.dumps(result, indent=2))
