@@ -11,6 +11,7 @@ per array (shard index, then the chunk), so loaders should read shards and shuff
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -200,8 +201,16 @@ class Store:
             raise StoreError(f"{self.url}: index.parquet does not list samples 0..N-1 in order")
         return frame
 
-    @cached_property
+    @property
     def _arrays(self) -> dict:
+        # Opened once per process: arrays opened before a fork hold the parent's filesystem.
+        cached = self.__dict__.get("_opened")
+        if cached is None or cached[0] != os.getpid():
+            cached = (os.getpid(), self._open_arrays())
+            self.__dict__["_opened"] = cached
+        return cached[1]
+
+    def _open_arrays(self) -> dict:
         import zarr
 
         with self.location.errors("open"), self._decoding("metadata"):

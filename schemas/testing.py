@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -49,6 +50,10 @@ def moto_s3(buckets: tuple[str, ...] = ("advmix",)) -> Iterator[dict]:
     server.start()
     host, port = server.get_host_and_port()
     options = {"endpoint_url": f"http://{host}:{port}"}
+    # moto keeps its buckets in process-wide state that outlives a server: start empty.
+    urllib.request.urlopen(
+        urllib.request.Request(f"{options['endpoint_url']}/moto-api/reset", method="POST")
+    ).close()
     try:
         with _environ(DUMMY_AWS):
             S3FileSystem.clear_instance_cache()

@@ -13,7 +13,6 @@ import os
 import re
 import uuid
 from contextlib import contextmanager
-from functools import cached_property
 from typing import Any
 
 from schemas.errors import StoreError
@@ -86,8 +85,15 @@ class Location:
     def __repr__(self) -> str:
         return f"Location({self.display!r}, storage_options={mask(self.storage_options)!r})"
 
-    @cached_property
     def _fs_and_root(self):
+        # Rebuilt in a forked child: a filesystem's event-loop thread does not survive fork.
+        cached = self.__dict__.get("_cached")
+        if cached is None or cached[0] != os.getpid():
+            cached = (os.getpid(), *self._connect())
+            self.__dict__["_cached"] = cached
+        return cached[1], cached[2]
+
+    def _connect(self):
         import fsspec
         from fsspec.implementations.local import LocalFileSystem
 
@@ -100,11 +106,11 @@ class Location:
 
     @property
     def fs(self):
-        return self._fs_and_root[0]
+        return self._fs_and_root()[0]
 
     @property
     def root(self) -> str:
-        return self._fs_and_root[1]
+        return self._fs_and_root()[1]
 
     def path(self, rel: str) -> str:
         return f"{self.root}/{rel}"
@@ -169,6 +175,11 @@ class Location:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temporary, target)
+
+    def exists(self, rel: str) -> bool:
+        with self.errors("read"):
+            self.fs.invalidate_cache()
+            return self.fs.exists(self.path(rel))
 
     def delete(self, rel: str) -> None:
         with self.errors("delete from"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.metadata
 import io
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -54,6 +55,7 @@ class StoreWriter:
         self.layout = layout
         self.provenance = provenance
         self._arrays: dict | None = None
+        self._arrays_pid = 0
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_arrays": None}
@@ -118,7 +120,7 @@ class StoreWriter:
         """Open a created, uncommitted store in a worker."""
         location = Location(url, storage_options)
         layout, provenance = plan_parts(read_plan(location))
-        if MANIFEST in location.list_objects():
+        if location.exists(MANIFEST):
             raise StoreError(f"{location.display} is already committed; it takes no more writes")
         return cls(location, layout, provenance)
 
@@ -169,7 +171,11 @@ class StoreWriter:
         table = self._index_table(shard, start, count, labels, rows)
 
         # A stale record must not vouch for objects being replaced: drop it first, write it last.
+        # Leftover shard objects go too: zarr merges a shard write into the stored shard, so a
+        # torn object from a crashed attempt would make every retry fail on its checksum.
         self.location.delete(record_path(shard))
+        for path in self.layout.shard_objects(shard):
+            self.location.delete(path)
         arrays = self._open_arrays()
         with self.location.errors("write shard to"):
             arrays["w"][start:stop] = w
@@ -335,8 +341,11 @@ class StoreWriter:
         return pa.Table.from_pydict(data, schema=self.layout.index_schema())
 
     def _open_arrays(self) -> dict:
-        if self._arrays is None:
+        # Opened once per process: arrays opened before a fork hold the parent's filesystem.
+        if self._arrays is None or self._arrays_pid != os.getpid():
             import zarr
+
+            self._arrays_pid = os.getpid()
 
             with self.location.errors("open"):
                 group = zarr.open_group(self.location.zarr_store(read_only=False), mode="r+")

@@ -160,6 +160,19 @@ def test_resume_after_an_interrupted_encode(tmp_path, store_path):
     assert manifest["dead_letter"] == reference["dead_letter"]
 
 
+def test_a_half_written_shard_object_is_replaced_on_retry(tmp_path, store_path):
+    url = str(tmp_path / "s.zarr")
+    create(url)
+    write_shards(url, None, [0, 1, 2])
+    os.remove(tmp_path / "s.zarr/shards/shard-00001.json")  # the worker died mid-shard
+    (tmp_path / "s.zarr/w/c/1/0/0").write_bytes(b"partial")
+    (tmp_path / "s.zarr/image/c/1/0/0/0").write_bytes(b"partial")
+    assert create(url).missing_shards() == [1]
+    write_shards(url, None, [1])
+    reference = manifest_of(store_path)["shards"]
+    assert [s.to_dict() for s in StoreWriter.open(url).commit().shards] == reference
+
+
 def test_a_shard_with_a_missing_object_is_written_again(tmp_path):
     url = str(tmp_path / "s.zarr")
     writer = create(url)
