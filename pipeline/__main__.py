@@ -1,0 +1,3 @@
+from pipeline.encode import main
+
+main()

@@ -1,0 +1,255 @@
+"""Stage 1: ``python -m pipeline.encode`` inverts images into a latent store with Apache Beam.
+
+    List -> Decode -> (accepted positions) -> CreateStore -> AssignShard -> GroupByShard
+         -> BatchShard -> Invert -> RegroupByShard -> WriteShard -> Commit
+    Decode's rejects -> DeadLetters -> Commit
+
+Runs on Beam's FnApiRunner by default (the DirectRunner would first try to download Prism);
+any other Beam option (``--runner=DataflowRunner``, ``--direct_running_mode=multi_processing``,
+...) passes through. Rerunning into an unfinished store skips the shards it already holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from advmix.errors import AdvmixError
+from advmix.inversion import InversionConfig
+from advmix.perceptual import load_features
+from advmix.stylegan import generator_fingerprint, load_generator
+from pipeline.model_handler import InversionModelHandler
+from pipeline.sources import Listing, list_inputs
+from pipeline.transforms import (
+    REJECTED,
+    AssignShardFn,
+    DecodeFn,
+    WriteShardFn,
+    batch_shard,
+    write_dead_letters,
+)
+from schemas.errors import StoreError
+from schemas.layout import Layout
+from schemas.manifest import Provenance
+from schemas.reader import open_store
+from schemas.urls import parse_storage_option
+from schemas.writer import StoreWriter
+
+log = logging.getLogger("pipeline.encode")
+MAX_STORED_IMAGE_PIXELS = 64 * 64  # keep source images in the store up to this size
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.encode",
+        description="Invert images into a latent store (Algorithm 1) with Apache Beam. "
+        "Unknown options are passed to Beam.",
+    )
+    p.add_argument("--input", required=True, help="dataset spec, image folder URL or .parquet URL")
+    p.add_argument("--output", required=True, help="store URL (path, file://, s3://, gs://, ...)")
+    p.add_argument("--generator", required=True, help="generator checkpoint (advmix gan train)")
+    p.add_argument(
+        "--features", default="cfmnist", help="perceptual weights: cfmnist, imagenet, path"
+    )
+    p.add_argument("--steps", type=_positive, default=100, help="inversion steps N")
+    p.add_argument("--lr", type=float, default=0.03)
+    p.add_argument("--beta-mix", type=float, default=0.2, help="mixing-loss weight per VGG layer")
+    p.add_argument("--w-avg-samples", type=_positive, default=1000, help="M latents for the init")
+    p.add_argument("--k", type=_positive, default=None, help="coarse/fine split (default: G's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=_positive, default=64)
+    p.add_argument("--shard-size", type=_positive, default=256)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N; asserted, never swapped")
+    p.add_argument("--w-dtype", choices=("float16", "float32"), default="float32")
+    p.add_argument("--store-images", choices=("auto", "yes", "no"), default="auto")
+    p.add_argument("--large-model", action="store_true", help="one shared model per machine")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--image-column", default="image")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
+    return p
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def beam_options(extra: list[str]) -> PipelineOptions:
+    if not any(arg.startswith("--runner") for arg in extra):
+        extra = ["--runner=FnApiRunner", *extra]
+    return PipelineOptions(extra)
+
+
+def plan_store(args, listing: Listing, G, num_accepted: int) -> tuple[Layout, Provenance]:
+    C, H, W = G.cfg.img_channels, G.cfg.resolution, G.cfg.resolution
+    layout = Layout(
+        num_samples=num_accepted,
+        shard_size=args.shard_size,
+        num_ws=G.num_ws,
+        w_dim=G.cfg.w_dim,
+        w_dtype=args.w_dtype,
+        image_shape=(C, H, W) if _stores_images(args, G) else None,
+        label_names=listing.label_names,
+    )
+    provenance = Provenance(
+        k=args.inversion.k,
+        generator_fingerprint=generator_fingerprint(G),
+        generator_config=G.cfg.to_dict(),
+        encoder={"algorithm": "advmix-1", **args.inversion.to_dict(), "features": args.features},
+        dataset=listing.source,
+    )
+    return layout, provenance
+
+
+def run(argv: list[str] | None = None) -> dict:
+    args, beam_args = build_parser().parse_known_args(argv)
+    storage_options = dict(parse_storage_option(text) for text in args.storage_option)
+    G = load_generator(args.generator)
+    load_features(args.features)  # fail here, not on a worker, when the weights are unusable
+    k = args.k or G.cfg.k
+    if k is None or not 0 < k < G.num_ws:
+        raise AdvmixError(f"coarse/fine split k={k} must be in 1..{G.num_ws - 1} (pass --k)")
+    args.inversion = InversionConfig(
+        steps=args.steps,
+        lr=args.lr,
+        w_avg_samples=args.w_avg_samples,
+        beta_mix=(args.beta_mix,) * 3,
+        k=k,
+        seed=args.seed,
+    )
+    listing = list_inputs(
+        args.input, storage_options, image_column=args.image_column, label_column=args.label_column
+    )
+    image_shape = (G.cfg.img_channels, G.cfg.resolution, G.cfg.resolution)
+    completed = _completed_shards(args.output, storage_options, args.overwrite)
+    handler = InversionModelHandler(
+        args.generator,
+        args.features,
+        args.inversion,
+        device=args.device,
+        large_model=args.large_model,
+    )
+    split = listing.source.split(":", 1)[1].split("?")[0] if listing.kind == "spec" else None
+
+    def create_store(accepted: list[int]) -> str:
+        if not accepted:
+            raise StoreError("no usable input: every sample was rejected (see the reasons above)")
+        layout, provenance = plan_store(args, listing, G, len(accepted))
+        StoreWriter.create(
+            args.output, layout, provenance, storage_options=storage_options,
+            overwrite=args.overwrite and not completed,
+        )  # fmt: skip
+        return args.output
+
+    def commit(num_shards_written: int, created: str, num_dead: int) -> str:
+        StoreWriter.open(args.output, storage_options).commit()
+        return args.output
+
+    with beam.Pipeline(options=beam_options(beam_args)) as pipeline:
+        decoded = (
+            pipeline
+            | "List" >> beam.Create(listing.refs, reshuffle=True)
+            | "Decode"
+            >> beam.ParDo(
+                DecodeFn(listing.kind, listing.source, image_shape, len(listing.label_names),
+                         storage_options)
+            ).with_outputs(REJECTED, main="accepted")
+        )  # fmt: skip
+        accepted = (
+            decoded.accepted
+            | "Positions" >> beam.Map(lambda element: element[0].position)
+            | "CollectPositions" >> beam.combiners.ToList()
+            | "Sort" >> beam.Map(sorted)
+        )
+        created = accepted | "CreateStore" >> beam.Map(create_store)
+        written = (
+            decoded.accepted
+            | "AssignShard"
+            >> beam.ParDo(
+                AssignShardFn(args.shard_size, completed),
+                accepted=beam.pvalue.AsSingleton(accepted),
+            )
+            | "GroupByShard" >> beam.GroupByKey()
+            | "BatchShard" >> beam.FlatMap(batch_shard, batch_size=args.batch_size)
+            | "Invert" >> RunInference(handler)
+            | "KeyByShard" >> beam.Map(lambda result: (result.example.shard, result))
+            | "RegroupByShard" >> beam.GroupByKey()
+            | "WriteShard"
+            >> beam.ParDo(
+                WriteShardFn(args.output, storage_options, split, _stores_images(args, G)),
+                created=beam.pvalue.AsSingleton(created),
+            )
+        )
+        dead = (
+            decoded[REJECTED]
+            | "CollectRejected" >> beam.combiners.ToList()
+            | "DeadLetters"
+            >> beam.Map(
+                write_dead_letters,
+                created=beam.pvalue.AsSingleton(created),
+                url=args.output,
+                storage_options=storage_options,
+            )
+        )
+        _ = (
+            written
+            | "CountShards" >> beam.combiners.Count.Globally()
+            | "Commit"
+            >> beam.Map(
+                commit,
+                created=beam.pvalue.AsSingleton(created),
+                num_dead=beam.pvalue.AsSingleton(dead),
+            )
+        )
+
+    store = open_store(args.output, storage_options)
+    counts = {
+        "read": len(listing.refs),
+        "encoded": store.num_samples,
+        "rejected": store.num_dead_letters,
+        "resumed_shards": len(completed),
+        "mean_rec_psnr": round(float(store.index()["rec_psnr"].mean()), 3),
+    }
+    return counts
+
+
+def _stores_images(args, G) -> bool:
+    pixels = G.cfg.resolution**2
+    return args.store_images == "yes" or (
+        args.store_images == "auto" and pixels <= MAX_STORED_IMAGE_PIXELS
+    )
+
+
+def _completed_shards(url: str, storage_options: dict, overwrite: bool) -> set[int]:
+    if overwrite:
+        return set()
+    try:
+        return set(StoreWriter.open(url, storage_options).completed_shards())
+    except StoreError:
+        return set()  # nothing there yet (or a committed store, which create() will refuse)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    try:
+        counts = run(argv)
+    except (AdvmixError, StoreError, ValueError) as exc:
+        print(f"Error: {str(exc).splitlines()[-1]}", file=sys.stderr)
+        sys.exit(1)
+    print(
+        f"read {counts['read']}, encoded {counts['encoded']}, rejected {counts['rejected']} "
+        f"(resumed {counts['resumed_shards']} shards); mean PSNR {counts['mean_rec_psnr']} dB"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The Beam ModelHandler that runs Algorithm 1 on a batch of images.
+
+Beam's stock PyTorch handlers run under ``torch.no_grad()`` and expect one forward pass; an
+optimisation loop needs its own handler. The loop lives in :class:`Projector`, whose only
+public method takes and returns numpy: with ``large_model=True`` Beam keeps the model in one
+process per machine and proxies calls to it, and autograd tensors cannot cross that proxy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from advmix.inversion import InversionConfig, invert
+from advmix.perceptual import load_features
+from advmix.stylegan import load_generator
+
+
+@dataclass(frozen=True)
+class EncodeBatch:
+    """One RunInference element: consecutive samples of one shard, inverted together.
+
+    The job forms these batches itself (sorted samples, fixed size per shard) instead of
+    letting Beam batch by arrival: the float results then depend only on the shard, so a
+    resumed or re-run job writes bit-identical shards.
+    """
+
+    shard: int
+    samples: list[int]
+    refs: list  # SampleRef per sample
+    images: np.ndarray  # uint8 [B, C, H, W]
+    seeds: list[int]
+
+
+def resolve_device(requested: str) -> torch.device:
+    """The device asked for, or an error: Beam's own handlers silently fall back to CPU."""
+    device = torch.device(requested)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"--device {requested} requested but CUDA is not available here")
+        torch.empty(1, device=device)  # fails now, not mid-batch, if the device is unusable
+    return device
+
+
+class Projector:
+    """Generator + feature network on one device, inverting numpy batches."""
+
+    def __init__(self, generator_path: str, features: str, cfg: InversionConfig, device: str):
+        self.device = resolve_device(device)
+        self.G = (
+            load_generator(generator_path, map_location=self.device).eval().requires_grad_(False)
+        )
+        self.features = load_features(features, device=self.device)
+        self.cfg = cfg
+        self.batches = 0
+
+    def project(self, images: np.ndarray, seeds: Sequence[int]) -> dict[str, np.ndarray]:
+        """uint8 [B, C, H, W] -> {"w": [B, L, D] float32, "rec_mse", "rec_psnr", "loss": [B]}."""
+        x = torch.from_numpy(np.ascontiguousarray(images)).float() / 127.5 - 1.0
+        result = invert(self.G, self.features, x, self.cfg, seeds=seeds)
+        self.batches += 1
+        return {
+            "w": result.ws.numpy(),
+            "rec_mse": result.rec_mse.numpy(),
+            "rec_psnr": result.rec_psnr.numpy(),
+            "loss": result.loss.numpy(),
+        }
+
+
+class InversionModelHandler(ModelHandler[EncodeBatch, dict, Projector]):
+    """EncodeBatch -> PredictionResult(batch, {"w": [B, L, D], "rec_mse": [B], ...})."""
+
+    def __init__(
+        self,
+        generator_path: str,
+        features: str,
+        cfg: InversionConfig,
+        device: str = "cpu",
+        large_model: bool = False,
+    ):
+        # Elements are already batches (EncodeBatch), so Beam must not group them further.
+        super().__init__(min_batch_size=1, max_batch_size=1, large_model=large_model)
+        self._share_across_processes = large_model
+        self._args = (generator_path, features, cfg, device)
+
+    def load_model(self) -> Projector:
+        return Projector(*self._args)
+
+    def run_inference(
+        self, batch: Sequence[EncodeBatch], model: Projector, inference_args=None
+    ) -> Iterable[PredictionResult]:
+        for element in batch:
+            yield PredictionResult(element, model.project(element.images, element.seeds))
+
+    def get_metrics_namespace(self) -> str:
+        return "advmix_encode"

@@ -1,0 +1,178 @@
+"""The Beam encode job end to end on real runners, real stores and real Fashion-MNIST."""
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from advmix.datasets import load
+from advmix.stylegan import generator_fingerprint, load_generator
+from pipeline.encode import run
+from schemas.reader import open_store
+from schemas.testing import moto_s3
+from tests.tiny_nets import tiny_features, tiny_generator
+
+SPEC = "cfmnist:train?limit=40"
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nets")
+    return tiny_generator(root / "G.pt"), tiny_features(root / "F.pt")
+
+
+def _args(nets, output, *extra, source=SPEC):
+    G, F = nets
+    return [
+        "--input", source, "--output", str(output), "--generator", str(G), "--features", str(F),
+        "--steps", "3", "--batch-size", "8", "--shard-size", "16", "--w-avg-samples", "32",
+        *extra,
+    ]  # fmt: skip
+
+
+def _checksums(url, **kw):
+    return [tuple(o.sha256 for o in s.objects) for s in open_store(url, **kw).manifest.shards]
+
+
+@pytest.fixture(scope="module")
+def reference(nets, tmp_path_factory):
+    """One uninterrupted in-memory run that other tests compare against."""
+    out = tmp_path_factory.mktemp("ref") / "store"
+    counts = run(_args(nets, out))
+    return out, counts
+
+
+def test_in_memory_run_writes_a_complete_store(nets, reference):
+    out, counts = reference
+    assert counts["read"] == 40 and counts["encoded"] == 40 and counts["rejected"] == 0
+    store = open_store(str(out), full_check=True)
+    source = load(SPEC)
+    G = load_generator(nets[0])
+    assert store.num_shards == 3 and store.manifest.provenance.k == 4
+    assert store.manifest.provenance.generator_fingerprint == generator_fingerprint(G)
+    assert store.manifest.provenance.dataset == SPEC
+    assert store.manifest.provenance.encoder["steps"] == 3
+    shards = [store.read_shard(s) for s in range(3)]
+    w = np.concatenate([s.w for s in shards])
+    assert w.shape == (40, G.num_ws, 32) and np.isfinite(w).all()
+    np.testing.assert_array_equal(np.concatenate([s.labels for s in shards]), source.labels)
+    np.testing.assert_array_equal(np.concatenate([s.images for s in shards]), source.images)
+    index = store.index()
+    assert index["id"].tolist() == source.ids
+    assert (index["split"] == "train").all() and index["rec_psnr"].between(0, 100).all()
+
+
+def test_multi_processing_workers_write_identical_shards(nets, reference, tmp_path):
+    out = tmp_path / "mp"
+    extra = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    counts = run(_args(nets, out, *extra))
+    assert counts["encoded"] == 40
+    assert _checksums(str(out)) == _checksums(str(reference[0]))
+
+
+def test_resume_skips_complete_shards_and_matches(nets, reference, tmp_path):
+    out = tmp_path / "resumed"
+    run(_args(nets, out))
+    # Simulate a crash during shard 1 before the commit: no manifest, no completion record,
+    # a half-written shard object.
+    (out / "manifest.json").unlink()
+    (out / "shards" / "shard-00001.json").unlink()
+    (out / "w" / "c" / "1" / "0" / "0").write_bytes(b"partial")
+    counts = run(_args(nets, out))
+    assert counts["resumed_shards"] == 2 and counts["encoded"] == 40
+    assert _checksums(str(out)) == _checksums(str(reference[0]))
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_bad_folder_inputs_go_to_the_dead_letter_table(nets, tmp_path):
+    images = load("cfmnist:iid?limit=6").images.transpose(0, 2, 3, 1)
+    for i, image in enumerate(images):
+        (tmp_path / "in" / f"class{i % 2}").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / f"class{i % 2}" / f"{i}.png").write_bytes(_png(image))
+    (tmp_path / "in" / "class0" / "corrupt.png").write_bytes(b"\x89PNG garbage")
+    (tmp_path / "in" / "class1" / "small.png").write_bytes(_png(images[0][:28, :28]))
+    (tmp_path / "in" / "loose.png").write_bytes(_png(images[0]))
+    counts = run(_args(nets, tmp_path / "out", source=str(tmp_path / "in")))
+    assert (counts["read"], counts["encoded"], counts["rejected"]) == (9, 6, 3)
+    store = open_store(str(tmp_path / "out"))
+    assert store.manifest.layout.label_names == ("class0", "class1")
+    reasons = dict(zip(store.dead_letters()["id"], store.dead_letters()["reason"], strict=True))
+    assert reasons["class0/corrupt.png"].startswith("undecodable image")
+    assert "(3, 28, 28)" in reasons["class1/small.png"]
+    assert reasons["loose.png"] == "missing label"
+    assert sorted(store.index()["id"]) == sorted(f"class{i % 2}/{i}.png" for i in range(6))
+
+
+def test_parquet_input_with_a_missing_label(nets, tmp_path):
+    images = load("cfmnist:iid?limit=5")
+    table = pa.table(
+        {
+            "id": [f"item-{i}" for i in range(5)],
+            "image": [_png(im.transpose(1, 2, 0)) for im in images.images],
+            "label": [int(x) for x in images.labels[:4]] + [None],
+        }
+    )
+    pq.write_table(table, tmp_path / "in.parquet")
+    counts = run(_args(nets, tmp_path / "out", source=str(tmp_path / "in.parquet")))
+    assert (counts["encoded"], counts["rejected"]) == (4, 1)
+    store = open_store(str(tmp_path / "out"))
+    assert store.dead_letters()["reason"].tolist() == ["missing label"]
+    np.testing.assert_array_equal(store.read_shard(0).images, images.images[:4])
+
+
+def test_output_to_an_s3_bucket(nets, reference):
+    with moto_s3() as options:
+        url = "s3://advmix/stores/cfm"
+        flags = [f"--storage-option=endpoint_url={options['endpoint_url']}"]
+        counts = run(_args(nets, url, *flags))
+        assert counts["encoded"] == 40
+        assert _checksums(url, storage_options=options) == _checksums(str(reference[0]))
+
+
+def _encode_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.encode", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_prints_counts(nets, tmp_path):
+    result = _encode_cli(*_args(nets, tmp_path / "cli", source="cfmnist:iid?limit=10"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "read 10, encoded 10, rejected 0" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (None, 2, "the following arguments are required"),
+        (["--steps", "0"], 2, "must be >= 1"),
+        (["--generator", "/nonexistent/G.pt"], 1, "Error:"),
+        (["--input", "cfmnist:nope"], 1, "unknown split"),
+        (["--features", "/nonexistent/F.pt"], 1, "cannot read perceptual weights"),
+    ],
+)
+def test_bad_arguments_fail_cleanly(nets, tmp_path, args, code, message):
+    argv = ["--input", SPEC] if args is None else _args(nets, tmp_path / "x") + args
+    result = _encode_cli(*argv)
+    assert result.returncode == code
+    assert "Traceback" not in result.stderr and message in result.stderr
+    assert not (tmp_path / "x" / "manifest.json").exists()
+
+
+def test_generator_settings_are_recorded(nets, reference):
+    manifest = json.loads((reference[0] / "manifest.json").read_text())
+    assert manifest["k"] == 4 and manifest["encoder"]["algorithm"] == "advmix-1"
