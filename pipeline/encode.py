@@ -238,7 +238,10 @@ def _completed_shards(url: str, storage_options: dict, overwrite: bool) -> set[i
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # force: importing Beam already logged through the root logger, which configured it.
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True
+    )
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     try:
         counts = run(argv)

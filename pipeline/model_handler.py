@@ -8,6 +8,8 @@ process per machine and proxies calls to it, and autograd tensors cannot cross t
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -15,9 +17,11 @@ import numpy as np
 import torch
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from advmix.inversion import InversionConfig, invert
+from advmix.inversion import InversionConfig, invert, mean_style
 from advmix.perceptual import load_features
 from advmix.stylegan import load_generator
+
+log = logging.getLogger("pipeline.encode")
 
 
 @dataclass(frozen=True)
@@ -56,13 +60,19 @@ class Projector:
         )
         self.features = load_features(features, device=self.device)
         self.cfg = cfg
+        self.w_start = mean_style(self.G, cfg.w_avg_samples, cfg.seed)  # once, not per batch
         self.batches = 0
 
     def project(self, images: np.ndarray, seeds: Sequence[int]) -> dict[str, np.ndarray]:
         """uint8 [B, C, H, W] -> {"w": [B, L, D] float32, "rec_mse", "rec_psnr", "loss": [B]}."""
         x = torch.from_numpy(np.ascontiguousarray(images)).float() / 127.5 - 1.0
-        result = invert(self.G, self.features, x, self.cfg, seeds=seeds)
+        started = time.perf_counter()
+        result = invert(self.G, self.features, x, self.cfg, seeds=seeds, w_start=self.w_start)
         self.batches += 1
+        log.info(
+            "inverted %d images x %d steps in %.1fs (batch %d in this process)",
+            len(x), self.cfg.steps, time.perf_counter() - started, self.batches,
+        )  # fmt: skip
         return {
             "w": result.ws.numpy(),
             "rec_mse": result.rec_mse.numpy(),

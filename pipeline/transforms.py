@@ -118,11 +118,9 @@ class WriteShardFn(beam.DoFn):
         for value in out["rec_psnr"]:
             self.psnr.update(int(round(float(value) * 100)))
         log.info(
-            "shard %d written: %d images, mean PSNR %.2f dB",
-            shard,
-            len(refs),
-            out["rec_psnr"].mean(),
-        )
+            "shard %d of %d written: %d images, mean PSNR %.2f dB",
+            shard + 1, writer.num_shards, len(refs), out["rec_psnr"].mean(),
+        )  # fmt: skip
         yield shard
 
 
