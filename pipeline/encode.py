@@ -23,6 +23,7 @@ from advmix.errors import AdvmixError
 from advmix.inversion import InversionConfig
 from advmix.perceptual import load_features
 from advmix.stylegan import generator_fingerprint, load_generator
+from pipeline.artifacts import local_copy
 from pipeline.model_handler import InversionModelHandler
 from pipeline.sources import Listing, list_inputs
 from pipeline.transforms import (
@@ -52,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--input", required=True, help="dataset spec, image folder URL or .parquet URL")
     p.add_argument("--output", required=True, help="store URL (path, file://, s3://, gs://, ...)")
-    p.add_argument("--generator", required=True, help="generator checkpoint (advmix gan train)")
+    p.add_argument(
+        "--generator", required=True, help="generator checkpoint path or URL (advmix gan train)"
+    )
     p.add_argument(
         "--features", default="cfmnist", help="perceptual weights: cfmnist, imagenet, path"
     )
@@ -112,7 +115,7 @@ def plan_store(args, listing: Listing, G, num_accepted: int) -> tuple[Layout, Pr
 def run(argv: list[str] | None = None) -> dict:
     args, beam_args = build_parser().parse_known_args(argv)
     storage_options = dict(parse_storage_option(text) for text in args.storage_option)
-    G = load_generator(args.generator)
+    G = load_generator(local_copy(args.generator, storage_options))
     load_features(args.features)  # fail here, not on a worker, when the weights are unusable
     k = args.k or G.cfg.k
     if k is None or not 0 < k < G.num_ws:
@@ -136,6 +139,7 @@ def run(argv: list[str] | None = None) -> dict:
         args.inversion,
         device=args.device,
         large_model=args.large_model,
+        storage_options=storage_options,
     )
     split = listing.source.split(":", 1)[1].split("?")[0] if listing.kind == "spec" else None
 

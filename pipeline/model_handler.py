@@ -20,6 +20,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from advmix.inversion import InversionConfig, invert, mean_style
 from advmix.perceptual import load_features
 from advmix.stylegan import load_generator
+from pipeline.artifacts import local_copy
 
 log = logging.getLogger("pipeline.encode")
 
@@ -53,11 +54,17 @@ def resolve_device(requested: str) -> torch.device:
 class Projector:
     """Generator + feature network on one device, inverting numpy batches."""
 
-    def __init__(self, generator_path: str, features: str, cfg: InversionConfig, device: str):
+    def __init__(
+        self,
+        generator_url: str,
+        features: str,
+        cfg: InversionConfig,
+        device: str,
+        storage_options: dict | None = None,
+    ):
         self.device = resolve_device(device)
-        self.G = (
-            load_generator(generator_path, map_location=self.device).eval().requires_grad_(False)
-        )
+        G = load_generator(local_copy(generator_url, storage_options), map_location=self.device)
+        self.G = G.eval().requires_grad_(False)
         self.features = load_features(features, device=self.device)
         self.cfg = cfg
         self.w_start = mean_style(self.G, cfg.w_avg_samples, cfg.seed)  # once, not per batch
@@ -91,11 +98,12 @@ class InversionModelHandler(ModelHandler[EncodeBatch, dict, Projector]):
         cfg: InversionConfig,
         device: str = "cpu",
         large_model: bool = False,
+        storage_options: dict | None = None,
     ):
         # Elements are already batches (EncodeBatch), so Beam must not group them further.
         super().__init__(min_batch_size=1, max_batch_size=1, large_model=large_model)
         self._share_across_processes = large_model
-        self._args = (generator_path, features, cfg, device)
+        self._args = (generator_path, features, cfg, device, storage_options)
 
     def load_model(self) -> Projector:
         return Projector(*self._args)

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -131,10 +132,14 @@ def test_parquet_input_with_a_missing_label(nets, tmp_path):
     np.testing.assert_array_equal(store.read_shard(0).images, images.images[:4])
 
 
-def test_output_to_an_s3_bucket(nets, reference):
+def test_generator_and_output_in_an_s3_bucket(nets, reference):
     with moto_s3() as options:
         url = "s3://advmix/stores/cfm"
-        flags = [f"--storage-option=endpoint_url={options['endpoint_url']}"]
+        fsspec.filesystem("s3", **options).put_file(str(nets[0]), "advmix/models/G.pt")
+        flags = [
+            f"--storage-option=endpoint_url={options['endpoint_url']}",
+            "--generator=s3://advmix/models/G.pt",
+        ]
         counts = run(_args(nets, url, *flags))
         assert counts["encoded"] == 40
         assert _checksums(url, storage_options=options) == _checksums(str(reference[0]))
