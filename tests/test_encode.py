@@ -181,3 +181,11 @@ def test_bad_arguments_fail_cleanly(nets, tmp_path, args, code, message):
 def test_generator_settings_are_recorded(nets, reference):
     manifest = json.loads((reference[0] / "manifest.json").read_text())
     assert manifest["k"] == 4 and manifest["encoder"]["algorithm"] == "advmix-1"
+
+
+def test_large_model_sharing_gives_the_same_store(nets, reference, tmp_path, monkeypatch):
+    # The shared-model server leaves address/lock files in the temp dir.
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    counts = run(_args(nets, tmp_path / "shared", "--large-model"))
+    assert counts["encoded"] == 40
+    assert _checksums(str(tmp_path / "shared")) == _checksums(str(reference[0]))
