@@ -16,6 +16,7 @@ from schemas.errors import StoreError
 from training.cli_data import data
 from training.cli_gan import gan
 from training.cli_store import store
+from training.store_report import report
 
 CONTEXT = {
     "auto_envvar_prefix": "ADVMIX",
@@ -36,6 +37,7 @@ def cli() -> None:
 cli.add_command(data)
 cli.add_command(gan)
 cli.add_command(store)
+store.add_command(report)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,85 @@
+"""Encode throughput: Algorithm 1 one image at a time vs batched vs the whole Beam job.
+
+Same images, same steps, same networks in one run: the project's 32x32 generator (the shipped
+checkpoint when present, else a random one of the same architecture) and the shipped VGG
+trunk. The Beam figure is the wall time of ``pipeline.encode`` on the FnApiRunner, start-up,
+listing and store writes included, so the ratio is what a user pays for the pipeline.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from advmix.datasets import load
+from advmix.inversion import InversionConfig, invert, mean_style
+from advmix.perceptual import load_features
+from advmix.stylegan import Generator, GeneratorConfig, load_generator, save_generator
+
+SHIPPED = Path(__file__).parents[1] / "advmix" / "assets" / "cfmnist-G.pt"
+NUM_IMAGES = 128
+BATCH = 64
+STEPS = 30
+PER_IMAGE_SAMPLE = 8  # the per-image loop is timed on this many images and scaled
+
+
+def _generator(workdir: Path) -> tuple[Generator, str]:
+    if SHIPPED.exists():
+        return load_generator(SHIPPED), str(SHIPPED)
+    torch.manual_seed(0)
+    G = Generator(GeneratorConfig(resolution=32, channel_base=1024, channel_max=128, k=5))
+    path = workdir / "G.pt"
+    save_generator(G, path)
+    return G.eval().requires_grad_(False), str(path)
+
+
+def run() -> dict:
+    torch.set_num_threads(torch.get_num_threads())
+    spec = f"cfmnist:train?limit={NUM_IMAGES}"
+    images = torch.from_numpy(load(spec).images).float() / 127.5 - 1.0
+    features = load_features("cfmnist")
+    with tempfile.TemporaryDirectory() as tmp:
+        G, g_path = _generator(Path(tmp))
+        cfg = InversionConfig(steps=STEPS, k=G.cfg.k or 5)
+        w_start = mean_style(G, cfg.w_avg_samples, cfg.seed)
+
+        started = time.perf_counter()
+        for i in range(PER_IMAGE_SAMPLE):
+            invert(G, features, images[i : i + 1], cfg, seeds=[i], w_start=w_start)
+        per_image_s = (time.perf_counter() - started) / PER_IMAGE_SAMPLE * NUM_IMAGES
+
+        started = time.perf_counter()
+        for start in range(0, NUM_IMAGES, BATCH):
+            chunk = images[start : start + BATCH]
+            seeds = list(range(start, start + len(chunk)))
+            invert(G, features, chunk, cfg, seeds=seeds, w_start=w_start)
+        batched_s = time.perf_counter() - started
+
+        from pipeline.encode import run as encode
+
+        started = time.perf_counter()
+        encode(
+            ["--input", spec, "--output", str(Path(tmp) / "store"), "--generator", g_path,
+             "--steps", str(STEPS), "--batch-size", str(BATCH), "--shard-size", str(BATCH),
+             "--k", str(cfg.k)]
+        )  # fmt: skip
+        beam_s = time.perf_counter() - started
+
+    return {
+        "images": NUM_IMAGES,
+        "steps": STEPS,
+        "batch": BATCH,
+        "generator": "shipped" if SHIPPED.exists() else "random, shipped architecture",
+        "per_image_images_per_s": round(NUM_IMAGES / per_image_s, 2),
+        "batched_images_per_s": round(NUM_IMAGES / batched_s, 2),
+        "beam_images_per_s": round(NUM_IMAGES / beam_s, 2),
+        "batched_speedup_vs_per_image": round(per_image_s / batched_s, 2),
+        "beam_wall_vs_batched_wall": round(beam_s / batched_s, 3),
+        "targets": {
+            "batched_speedup_vs_per_image": ">= 10",
+            "beam_wall_vs_batched_wall": "<= 1.15",
+        },
+    }
