@@ -16,6 +16,7 @@ from schemas.errors import StoreError
 from training.cli_data import data
 from training.cli_gan import gan
 from training.cli_store import store
+from training.cli_train import evaluate, train
 from training.store_report import report
 
 CONTEXT = {
@@ -37,6 +38,8 @@ def cli() -> None:
 cli.add_command(data)
 cli.add_command(gan)
 cli.add_command(store)
+cli.add_command(train)
+cli.add_command(evaluate)
 store.add_command(report)
 
 

@@ -1,0 +1,183 @@
+"""``advmix evaluate``: accuracy on dataset splits and robust accuracy under AdvMix on a store.
+
+Robust accuracy under an attack of a stated budget (``steps`` K, ``restarts`` N_r,
+``step_size``, projection set) is the fraction of store samples for which none of the
+N_r * (K + 1) decoded mixes the attack tries is misclassified; ``worst_case_acc``
+additionally requires the nominal (source) image to be classified correctly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from advmix import attacks
+from advmix.classifiers import CLASSIFIER_FORMAT, ClassifierConfig
+from advmix.errors import AdvmixError
+from advmix.stylegan import CheckpointError, generator_fingerprint, load_generator, safe_torch_load
+from training.train import CHECKPOINT_FORMAT, Classifier, images_to_unit
+
+
+def load_model(path, device: str = "cpu") -> tuple[Classifier, dict]:
+    """(classifier in eval mode, info) from a training checkpoint or a ``classifier.pt``."""
+    data = safe_torch_load(path, what="classifier checkpoint")
+    if not isinstance(data, dict) or data.get("format") not in (
+        CHECKPOINT_FORMAT,
+        CLASSIFIER_FORMAT,
+    ):
+        raise CheckpointError(f"{path}: neither a training checkpoint nor a classifier file")
+    try:
+        if data["format"] == CHECKPOINT_FORMAT:
+            cfg = ClassifierConfig(**json.loads(data["classifier_config"]))
+            model = Classifier(cfg)
+            model.load_state_dict(data["model"])
+            info = {"config": json.loads(data["config"]), "step": data["step"]}
+        else:
+            cfg = ClassifierConfig(**json.loads(data["config"]))
+            model = Classifier(cfg)
+            model.net.load_state_dict(data["state_dict"])
+            info = json.loads(data.get("extra", "{}"))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"{path}: malformed classifier checkpoint ({msg})") from None
+    return model.to(device).eval(), info
+
+
+@torch.no_grad()
+def accuracy(model, images: np.ndarray, labels: np.ndarray, batch_size: int, device) -> float:
+    correct = 0
+    for i in range(0, len(labels), batch_size):
+        x = images_to_unit(torch.from_numpy(images[i : i + batch_size]).to(device))
+        y = torch.from_numpy(labels[i : i + batch_size]).to(device)
+        correct += int((model(x).argmax(1) == y).sum())
+    return correct / max(len(labels), 1)
+
+
+def evaluate_datasets(model, specs, batch_size: int, device, data_root=None) -> list[dict]:
+    from advmix.datasets import load
+
+    rows = []
+    for spec in specs:
+        data = load(spec, data_root)
+        acc = accuracy(model, data.images, data.labels, batch_size, device)
+        rows.append({"data": str(spec), "n": len(data), "accuracy": acc})
+    return rows
+
+
+def evaluate_store(
+    model,
+    url: str,
+    storage_options: dict | None,
+    *,
+    attack: str,
+    generator_path: str | None,
+    steps: int,
+    restarts: int,
+    step_size: float,
+    projection: str,
+    seed: int,
+    batch_size: int,
+    limit: int | None,
+    device,
+) -> dict:
+    """Nominal accuracy on the store's images and robust accuracy under ``attack``."""
+    from schemas.reader import open_store
+    from training.stream import LatentStream
+
+    G = fp = None
+    if generator_path is not None:
+        G = load_generator(generator_path)
+        fp = generator_fingerprint(G)
+        G = G.to(device)
+    elif attack != "none":
+        raise AdvmixError(f"--attack {attack} needs --generator (mixes are decoded with it)")
+    store = open_store(url, storage_options, expect_generator=fp)
+    k = store.k if store.k is not None else (G.cfg.k if G is not None else None)
+    if attack != "none" and k is None:
+        raise AdvmixError("neither the store nor the generator records k (coarse styles)")
+    style_set = None
+    if attack == "advmix":
+        style_set = attacks.FineStyleSet.fit(G, k, projection, seed=seed).to(device)
+    stream = LatentStream(store, batch_size=batch_size, shuffle=False, buffer_size=0)
+    gen = torch.Generator().manual_seed(seed)
+    n = nominal = robust = worst = evaluations = 0
+    started = time.perf_counter()
+    for batch in stream.loader():
+        if limit is not None and n >= limit:
+            break
+        take = len(batch["label"]) if limit is None else min(len(batch["label"]), limit - n)
+        w = batch["w"][:take].to(device)
+        y = batch["label"][:take].to(device)
+        with torch.no_grad():
+            if "image" in batch:
+                x = images_to_unit(batch["image"][:take].to(device))
+            elif G is not None:
+                x = attacks.to_unit(G.synthesis(w))
+            else:
+                raise AdvmixError(f"{store.url} holds no images: pass --generator to decode w")
+            ok = model(x).argmax(1) == y
+        fooled = torch.zeros_like(ok)
+        if attack == "advmix":
+            result = attacks.advmix(
+                model, G, w, y, k, style_set, steps=steps, restarts=restarts,
+                step_size=step_size, generator=gen,
+            )  # fmt: skip
+            fooled, evaluations = result.fooled, evaluations + result.evaluations
+        elif attack == "randmix":
+            for _ in range(restarts):
+                images, _ = attacks.randmix(G, w, k, gen)
+                with torch.no_grad():
+                    fooled |= model(images).argmax(1) != y
+                evaluations += take
+        n += take
+        nominal += int(ok.sum())
+        robust += int((~fooled).sum())
+        worst += int((ok & ~fooled).sum())
+    out = {
+        "data": store.url,
+        "n": n,
+        "accuracy": nominal / max(n, 1),
+        "attack": attack,
+        "wall_s": round(time.perf_counter() - started, 2),
+    }
+    if attack != "none":
+        out.update(
+            robust_accuracy=robust / max(n, 1),
+            worst_case_accuracy=worst / max(n, 1),
+            budget={
+                "steps": steps if attack == "advmix" else 0,
+                "restarts": restarts,
+                "step_size": step_size if attack == "advmix" else None,
+                "projection": projection if attack == "advmix" else None,
+                "k": k,
+            },
+            evaluations=evaluations,
+        )
+    return out
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'data':<44} {'n':>7} {'accuracy':>9} {'robust':>8} {'worst':>8}"
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        robust = row.get("robust_accuracy")
+        worst = row.get("worst_case_accuracy")
+        lines.append(
+            f"{row['data'][:44]:<44} {row['n']:>7} {row['accuracy']:>9.4f} "
+            f"{'' if robust is None else f'{robust:.4f}':>8} "
+            f"{'' if worst is None else f'{worst:.4f}':>8}"
+        )
+    return "\n".join(lines)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
