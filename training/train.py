@@ -323,8 +323,9 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------
 
-    def _stream_states(self) -> list[dict]:
-        state = self.stream.state_dict()
+    def _rank_states(self) -> list[dict]:
+        """Every rank's stream state and step count (ranks can differ by a batch an epoch)."""
+        state = {"stream": self.stream.state_dict(), "step": self.step}
         if not self.dist.enabled:
             return [state]
         import torch.distributed as dist
@@ -334,7 +335,7 @@ class Trainer:
         return states
 
     def save_checkpoint(self, epoch_done: bool = False) -> None:
-        states = self._stream_states()
+        ranks = self._rank_states()
         if not self.dist.main:
             return
         payload = {
@@ -345,7 +346,8 @@ class Trainer:
             "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
             "optimizer": self.opt.state_dict(),
             "rng": rng_state(),
-            "stream": states,
+            "stream": [r["stream"] for r in ranks],
+            "rank_steps": [r["step"] for r in ranks],
             "epoch": self.epoch,
             "epoch_done": epoch_done,
             "step": self.step,
@@ -379,7 +381,8 @@ class Trainer:
         self.model.load_state_dict(data["model"])
         self.opt.load_state_dict(data["optimizer"])
         set_rng_state(data["rng"])
-        self.step, self.elapsed_s = int(data["step"]), float(data["elapsed_s"])
+        self.step = int(data["rank_steps"][self.dist.rank])
+        self.elapsed_s = float(data["elapsed_s"])
         if data["epoch_done"]:
             self.epoch = int(data["epoch"]) + 1
             self.stream.set_epoch(self.epoch)

@@ -1,0 +1,168 @@
+"""advmix.attacks on a tiny real generator: AdvMix vs RandMix, projection, early stop, PGD, mixup."""
+
+import pytest
+import torch
+from torch import nn
+
+from advmix import attacks
+from advmix.classifiers import SmallCNN
+from advmix.stylegan import Generator, GeneratorConfig
+
+K = 4
+
+
+@pytest.fixture(scope="module")
+def G():
+    torch.manual_seed(0)
+    cfg = GeneratorConfig(resolution=32, z_dim=32, w_dim=32, channel_max=32, k=K)
+    return Generator(cfg).eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def toy(G):
+    """A small CNN, briefly trained to separate two clusters of decoded images, and labelled
+    examples it classifies correctly (nominal accuracy 1)."""
+    torch.manual_seed(1)
+    model = SmallCNN(num_classes=2, width=8)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        w = G.mapping(torch.randn(128, G.z_dim, generator=g))
+        x = attacks.to_unit(G.synthesis(w))
+    # labels from the coarse content: which side of the median its mean brightness falls on
+    score = x.mean(dim=(1, 2, 3))
+    y = (score > score.median()).long()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(30):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        keep = model(x).argmax(1) == y
+    return model, w[keep], y[keep]
+
+
+def test_advmix_fools_at_least_where_randmix_does(G, toy):
+    model, w, y = toy
+    box = attacks.FineStyleSet.fit(G, K, "box", samples=2000)
+    fooled_rand = torch.zeros(len(y), dtype=torch.bool)
+    images, _ = attacks.randmix(G, w, K, torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        fooled_rand = model(images).argmax(1) != y
+    result = attacks.advmix(
+        model, G, w, y, K, box, steps=5, restarts=1, generator=torch.Generator().manual_seed(7)
+    )
+    # the first iterate of AdvMix is the RandMix sample of the same random stream
+    assert bool((result.fooled | ~fooled_rand).all())
+    assert int(result.fooled.sum()) >= int(fooled_rand.sum())
+    assert int(result.fooled.sum()) > 0
+    with torch.no_grad():  # the kept mixes are what the attack says they are
+        wrong = model(result.images).argmax(1) != y
+    assert torch.equal(wrong, result.fooled)
+    assert torch.equal(result.ws[:, :K], w[:, :K])  # content (coarse styles) untouched
+
+
+@pytest.mark.parametrize("kind", ["box", "ball"])
+def test_projection_keeps_styles_in_the_set(G, kind):
+    style_set = attacks.FineStyleSet.fit(G, K, kind, samples=2000)
+    start = attacks.sample_fine(G, K, 16, torch.Generator().manual_seed(3))
+    far = start + 50 * torch.randn(start.shape, generator=torch.Generator().manual_seed(4))
+    assert not style_set.contains(far, start).all()
+    projected = style_set.project(far, start)
+    assert style_set.contains(projected, start).all()
+    assert torch.allclose(style_set.project(projected, start), projected, atol=1e-5)
+
+
+def test_advmix_result_stays_in_the_box(G, toy):
+    model, w, y = toy
+    box = attacks.FineStyleSet.fit(G, K, "box", samples=2000)
+    result = attacks.advmix(
+        model, G, w, y, K, box, steps=3, step_size=1.0, generator=torch.Generator().manual_seed(1)
+    )
+    # every iterate after the start is projected; starts are map(z) samples, which the 1%
+    # quantile box may not contain: check the examples that moved
+    moved = ~result.fooled
+    assert box.contains(result.ws[moved, K:], result.ws[moved, K:]).all()
+
+
+class Biased(nn.Module):
+    """Logits favour class 0 whatever the image (with a tiny image-dependent term so that
+    gradients exist): examples of other classes are misclassified at the first iterate."""
+
+    def forward(self, x):
+        s = x.mean(dim=(1, 2, 3))
+        return torch.stack([5 + 1e-3 * s, -1e-3 * s, torch.zeros_like(s)], dim=1)
+
+
+def test_early_stop_freezes_successful_examples(G):
+    g = torch.Generator().manual_seed(5)
+    w = G.mapping(torch.randn(8, G.z_dim, generator=g))
+    y = torch.tensor([0, 1, 0, 2, 0, 1, 1, 0])
+    steps = 4
+    box = attacks.FineStyleSet.fit(G, K, "box", samples=2000)
+    result = attacks.advmix(
+        Biased(), G, w, y, K, box, steps=steps, generator=torch.Generator().manual_seed(9)
+    )
+    fooled = y != 0
+    assert torch.equal(result.fooled, fooled)
+    # frozen at the first iterate: the RandMix sample of the same stream
+    _, rand_ws = attacks.randmix(G, w, K, torch.Generator().manual_seed(9))
+    assert torch.equal(result.ws[fooled], rand_ws[fooled])
+    assert not torch.equal(result.ws[~fooled], rand_ws[~fooled])  # the others ascended
+    # cost: one evaluation per frozen example, steps + 1 for the others
+    assert result.evaluations == int(fooled.sum()) + int((~fooled).sum()) * (steps + 1)
+    unstopped = attacks.advmix(
+        Biased(), G, w, y, K, box, steps=steps, early_stop=False,
+        generator=torch.Generator().manual_seed(9),
+    )  # fmt: skip
+    assert unstopped.evaluations == len(y) * (steps + 1)
+    assert torch.equal(unstopped.ws[fooled], rand_ws[fooled])  # still the first success
+
+
+def test_z_space_attack_runs_on_the_manifold(G, toy):
+    model, w, y = toy
+    zset = attacks.FineStyleSet.fit(G, K, "z")
+    result = attacks.advmix(model, G, w[:8], y[:8], K, zset, steps=2, restarts=2,
+                            generator=torch.Generator().manual_seed(0))  # fmt: skip
+    # mapping outputs repeat one w over all layers: a z-space mix keeps that structure
+    fine = result.ws[:, K:]
+    assert torch.allclose(fine, fine[:, :1].expand_as(fine))
+
+
+@pytest.mark.parametrize(
+    "eps, lo, hi", [(4 / 255, 0.0, 1.0), (8 / 255, 0.0, 1.0), (8 / 255, -1.0, 1.0)]
+)
+def test_pgd_stays_within_eps(toy, G, eps, lo, hi):
+    model, w, y = toy
+    with torch.no_grad():
+        x = attacks.to_unit(G.synthesis(w[:16]))
+    x = x * (hi - lo) + lo
+
+    def net(v):
+        return model((v - lo) / (hi - lo))
+
+    adv = attacks.pgd_linf(net, x, y[:16], eps, steps=5, lo=lo, hi=hi,
+                           generator=torch.Generator().manual_seed(0))  # fmt: skip
+    radius = eps * (hi - lo)
+    assert (adv - x).abs().max() <= radius + 1e-6
+    assert (adv - x).abs().max() > radius / 2  # it did move
+    assert adv.min() >= lo and adv.max() <= hi
+    loss = nn.functional.cross_entropy
+    with torch.no_grad():
+        assert loss(net(adv), y[:16]) >= loss(net(x), y[:16])
+
+
+def test_mixup_is_a_convex_combination():
+    x = torch.rand(6, 3, 4, 4)
+    y = torch.arange(6)
+    xm, ya, yb, lam = attacks.mixup(x, y, 0.4, torch.Generator().manual_seed(0))
+    assert 0 <= lam <= 1 and torch.equal(ya, y)
+    perm = yb  # labels are the indices here
+    assert torch.allclose(xm, lam * x + (1 - lam) * x[perm])
+    again = attacks.mixup(x, y, 0.4, torch.Generator().manual_seed(0))
+    assert again[3] == lam and torch.equal(again[2], yb)
+    logits = torch.randn(6, 6)
+    expected = lam * nn.functional.cross_entropy(logits, ya) + (
+        1 - lam
+    ) * nn.functional.cross_entropy(logits, yb)
+    assert torch.allclose(attacks.mixup_loss(logits, ya, yb, lam), expected)
