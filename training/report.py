@@ -1,0 +1,83 @@
+"""Tables and plots of study results (``training.study``): markdown, bar chart, accuracy vs sigma."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+SPLITS = ("iid", "random", "swapped")
+
+
+def aggregate(results: list[dict]) -> dict[tuple[float, str], dict[str, tuple[float, float]]]:
+    """{(sigma, method): {split: (mean, std over seeds)}} in first-seen order."""
+    grouped: dict[tuple[float, str], list[dict]] = defaultdict(list)
+    for row in results:
+        grouped[(row["sigma"], row["method"])].append(row)
+    return {
+        key: {s: (float(np.mean([r[s] for r in rows])), float(np.std([r[s] for r in rows])))
+              for s in SPLITS}
+        for key, rows in grouped.items()
+    }  # fmt: skip
+
+
+def markdown_table(results: list[dict], names: dict[str, str]) -> str:
+    stats = aggregate(results)
+    seeds = len({r["seed"] for r in results})
+    cell = (lambda m, s: f"{m:.3f} ± {s:.3f}") if seeds > 1 else (lambda m, s: f"{m:.3f}")
+    lines = ["| sigma | method | iid | random | swapped |", "|---|---|---|---|---|"]
+    for (sigma, method), split_stats in stats.items():
+        cells = " | ".join(cell(*split_stats[s]) for s in SPLITS)
+        lines.append(f"| {sigma:g} | {names.get(method, method)} | {cells} |")
+    return "\n".join(lines)
+
+
+def bar_plot(results: list[dict], names: dict[str, str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stats = aggregate(results)
+    methods = [method for (_, method) in stats]
+    x = np.arange(len(SPLITS))
+    width = 0.8 / max(len(methods), 1)
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=120)
+    for i, ((_, method), split_stats) in enumerate(stats.items()):
+        means = [split_stats[s][0] for s in SPLITS]
+        errs = [split_stats[s][1] for s in SPLITS]
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, means, width, yerr=errs,
+               label=names.get(method, method))  # fmt: skip
+    ax.set_xticks(x, [f"test: {s}" for s in SPLITS])
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title("Colored Fashion-MNIST: classifiers trained on biased colours")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def sigma_plot(results: list[dict], names: dict[str, str], path: Path, split: str = "random"):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stats = aggregate(results)
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    for method in dict.fromkeys(m for (_, m) in stats):
+        points = sorted((sigma, st[split]) for (sigma, m), st in stats.items() if m == method)
+        sigmas = [p[0] for p in points]
+        ax.errorbar(sigmas, [p[1][0] for p in points], yerr=[p[1][1] for p in points],
+                    marker="o", capsize=3, label=names.get(method, method))  # fmt: skip
+    ax.set_xlabel("sigma of the training colour noise (smaller = stronger spurious correlation)")
+    ax.set_ylabel(f"accuracy on '{split}' colours")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
