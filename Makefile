@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo reproduce test bench lint clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,11 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(PY) -m training.demo
+
+# The full study behind docs/RESULTS.md (hours on a CPU; DEVICE=cuda where a GPU exists).
+DEVICE ?= cpu
+reproduce: setup
+	$(PY) -m training.reproduce --device $(DEVICE)
 
 test: setup
 	$(PY) -m pytest -q
