@@ -26,13 +26,13 @@ def toy(G):
     model = SmallCNN(num_classes=2, width=8)
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():
-        w = G.mapping(torch.randn(128, G.z_dim, generator=g))
+        w = G.mapping(torch.randn(64, G.z_dim, generator=g))
         x = attacks.to_unit(G.synthesis(w))
     # labels from the coarse content: which side of the median its mean brightness falls on
     score = x.mean(dim=(1, 2, 3))
     y = (score > score.median()).long()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(30):
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(12):
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()

@@ -1,0 +1,288 @@
+"""advmix train / evaluate as a user runs them: SIGKILL + resume is bit-identical, DDP with
+2 processes, generator refusal, config files, CLI errors, evaluation tables."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from tiny_nets import tiny_generator
+from train_helpers import write_store
+
+from advmix.stylegan import generator_fingerprint, load_generator
+
+# 96 samples in shards of 16, batches of 16: 6 steps an epoch.
+TRAIN = [
+    "--method", "advmix", "--batch-size", "16", "--width", "8", "--attack-steps", "2",
+    "--buffer-size", "40", "--threads", "1", "--no-progress", "--checkpoint-every", "1",
+    "--log-every", "1",
+]  # fmt: skip
+
+
+def advmix(*args, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "training", *args], capture_output=True, text=True,
+        timeout=300, env=env, **kwargs,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    G_path = tiny_generator(root / "G.pt", k=4)
+    other = tiny_generator(root / "G-other.pt", k=4, seed=1)
+    G = load_generator(G_path)
+    store = write_store(
+        str(root / "store.zarr"), num_samples=96, shard_size=16, k=4,
+        fingerprint=generator_fingerprint(G), generator=G, image_source="cfmnist:train?limit=96",
+    )  # fmt: skip
+    return {"root": root, "G": str(G_path), "other": str(other), "store": store}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def weights(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def straight(nets):
+    out = nets["root"] / "straight"
+    result = advmix(
+        "train", "--store", nets["store"], "--generator", nets["G"], "--epochs", "2",
+        "--workers", "2", "--out", str(out), *TRAIN,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(nets, straight, tmp_path):
+    out = tmp_path / "killed"
+    args = [
+        "train", "--store", nets["store"], "--generator", nets["G"], "--epochs", "2",
+        "--workers", "2", "--out", str(out), *TRAIN,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "training", *args], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    try:
+        # kill during epoch 1 (steps 7..12), after a mid-epoch checkpoint
+        while time.monotonic() < deadline:
+            if metrics.exists() and sum(
+                json.loads(line).get("step", 0) >= 8 for line in metrics.read_text().splitlines()
+            ):
+                break
+            assert proc.poll() is None, "the run finished before it could be killed"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "classifier.pt").exists()
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert not ckpt["epoch_done"] and 0 < ckpt["stream"][0]["samples_consumed"] < 96
+
+    result = advmix(*args, "--resume")
+    assert result.returncode == 0, result.stderr
+    assert "resumed at step" in result.stderr
+    a, b = weights(straight / "classifier.pt"), weights(out / "classifier.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs after SIGKILL + resume"
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()
+             if json.loads(line)["event"] == "train"]  # fmt: skip
+    assert steps == list(range(1, 13))  # no step logged twice
+
+
+def test_run_outputs(nets, straight):
+    names = {p.name for p in straight.iterdir()}
+    assert {"checkpoint.pt", "classifier.pt", "metrics.jsonl", "run.json"} <= names
+    assert {"grid-epoch0000.png", "grid-epoch0001.png", "tensorboard"} <= names
+    record = json.loads((straight / "run.json").read_text())
+    G = load_generator(nets["G"])
+    assert record["generator"]["fingerprint"] == generator_fingerprint(G)
+    assert len(record["store"]["fingerprint"]) == 64 and record["config"]["method"] == "advmix"
+    assert record["versions"]["torch"] and "git_sha" in record
+    ckpt = torch.load(straight / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch_done"] and ckpt["epoch"] == 1 and ckpt["step"] == 12
+    lines = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines if r["event"] == "epoch"] == [0, 1]
+    assert all("fooled" in r for r in lines if r["event"] == "train")
+
+
+def test_ddp_two_processes_cover_the_store(nets, tmp_path):
+    # 97 samples: ranks get 48 and 49 (3 and 4 batches of 16), so DDP runs under join()
+    G = load_generator(nets["G"])
+    store = write_store(
+        str(tmp_path / "s97.zarr"), num_samples=97, shard_size=16, k=4,
+        fingerprint=generator_fingerprint(G), generator=G,
+    )  # fmt: skip
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+        f"--master_port={free_port()}", "-m", "training", "train", "--store", store, "--generator",
+        nets["G"], "--epochs", "1", "--out", str(out), *TRAIN,
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        _, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-2000:]
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    states = ckpt["stream"]
+    assert [s["rank"] for s in states] == [0, 1] and [s["world_size"] for s in states] == [2, 2]
+    assert sorted(s["samples_consumed"] for s in states) == [48, 49]
+    assert ckpt["rank_steps"] == [3, 4]
+    assert (out / "classifier.pt").exists()
+
+
+def test_store_from_another_generator_is_refused(nets, tmp_path):
+    result = advmix(
+        "train", "--store", nets["store"], "--generator", nets["other"], "--out",
+        str(tmp_path / "x"), "--epochs", "1",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("Error:") and "generator mismatch" in result.stderr
+    assert not (tmp_path / "x" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--method", "pgd"], "'pgd' is not one of"),
+        (["--epochs", "0"], "--epochs"),
+        (["--batch-size", "-3"], "--batch-size"),
+        (["--lr", "0"], "--lr"),
+        (["--eps", "9/x"], "not a number or a fraction"),
+        (["--eps", "2"], "must be in [0, 1]"),
+        (["--restarts", "zero"], "--restarts"),
+        (["--projection", "sphere"], "--projection"),
+        (["--device", "tpu"], "--device"),
+        (["--storage-option", "novalue"], "KEY=VALUE"),
+    ],
+)
+def test_bad_cli_values_exit_2_with_one_line(nets, tmp_path, extra, message):
+    from click.testing import CliRunner
+
+    from training.cli import cli
+
+    args = ["train", "--store", nets["store"], "--generator", nets["G"], "--out",
+            str(tmp_path / "x"), *extra]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_cli_value_as_a_process_exits_2_without_traceback(nets, tmp_path):
+    result = advmix(
+        "train", "--store", nets["store"], "--generator", nets["G"], "--out",
+        str(tmp_path / "x"), "--attack-steps", "-1",
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "--attack-steps" in errors[0]
+
+
+def test_config_file_sets_defaults_and_flags_override(nets, tmp_path):
+    from click.testing import CliRunner
+
+    from training import train as train_module
+    from training.cli import cli
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_trainer(cfg, run_dir, device="cpu"):
+        seen["cfg"] = cfg
+        raise Stop
+
+    config = tmp_path / "run.toml"
+    config.write_text('method = "randmix"\nepochs = 7\nbatch-size = 8\nlr = 0.01\n')
+    original = train_module.Trainer
+    train_module.Trainer = fake_trainer
+    try:
+        result = CliRunner().invoke(
+            cli, ["train", "--config", str(config), "--store", nets["store"], "--generator",
+                  nets["G"], "--out", str(tmp_path / "o"), "--epochs", "3"],
+        )  # fmt: skip
+    finally:
+        train_module.Trainer = original
+    assert isinstance(result.exception, Stop), result.output
+    cfg = seen["cfg"]
+    assert (cfg.method, cfg.epochs, cfg.batch_size, cfg.lr) == ("randmix", 3, 8, 0.01)
+    assert cfg.train_on == "both"
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"epochz": 3}))
+    result = advmix("train", "--config", str(bad), "--store", nets["store"], "--generator",
+                    nets["G"], "--out", str(tmp_path / "o"))  # fmt: skip
+    assert result.returncode == 2 and "unknown option 'epochz'" in result.stderr
+
+
+def test_evaluate_table_and_json(nets, straight, tmp_path):
+    out = tmp_path / "eval.json"
+    result = advmix(
+        "evaluate", "--checkpoint", str(straight / "checkpoint.pt"),
+        "--data", "cfmnist:iid?limit=64", "--data", "cfmnist:random?limit=64",
+        "--store", nets["store"], "--attack", "advmix", "--generator", nets["G"],
+        "--attack-steps", "1", "--limit", "24", "--json-out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "cfmnist:random?limit=64" in result.stdout and "robust" in result.stdout
+    rows = json.loads(out.read_text())["results"]
+    assert [r["n"] for r in rows] == [64, 64, 24]
+    store_row = rows[2]
+    assert store_row["budget"]["steps"] == 1 and 0 <= store_row["robust_accuracy"] <= 1
+    assert store_row["worst_case_accuracy"] <= min(
+        store_row["accuracy"], store_row["robust_accuracy"]
+    )
+    # the classifier file gives the same numbers as the checkpoint
+    again = advmix("evaluate", "--checkpoint", str(straight / "classifier.pt"),
+                   "--data", "cfmnist:iid?limit=64")  # fmt: skip
+    assert again.returncode == 0 and again.stdout.splitlines()[2] == result.stdout.splitlines()[2]
+    missing = advmix("evaluate", "--checkpoint", str(straight / "classifier.pt"), "--attack",
+                     "advmix", "--data", "cfmnist:iid?limit=8")  # fmt: skip
+    assert missing.returncode == 2 and "needs latents" in missing.stderr
+
+
+@pytest.mark.parametrize("method", ["nominal", "at", "randmix", "mixup"])
+def test_every_method_trains(nets, tmp_path, method):
+    from training.train import TrainConfig, Trainer
+
+    cfg = TrainConfig(
+        store=nets["store"], generator=nets["G"], method=method, epochs=1, batch_size=16,
+        width=4, pgd_steps=2, buffer_size=16, max_steps=2, grayscale=method == "nominal",
+    )  # fmt: skip
+    trainer = Trainer(cfg, tmp_path / method)
+    trainer.train()
+    assert trainer.step == 2
+    assert (tmp_path / method / "classifier.pt").exists()
+    if method == "nominal":
+        assert trainer.model.net.cfg.input_mode == "gray-max"
