@@ -112,6 +112,11 @@ def _set_threads(threads: int | None) -> None:
 )
 @click.option("--projection", type=click.Choice(PROJECTIONS), default="box")
 @click.option(
+    "--early-stop/--no-early-stop",
+    default=True,
+    help="Stop ascending for an example once a mix fools the classifier (Algorithm 2).",
+)
+@click.option(
     "--train-on",
     type=click.Choice(["both", "mixes"]),
     default=None,
@@ -139,7 +144,7 @@ def _set_threads(threads: int | None) -> None:
 @click.option("--no-progress", is_flag=True)
 @storage_options
 def train(store_url, generator_path, method, epochs, batch_size, lr, weight_decay, seed,
-          attack_steps, restarts, step_size, projection, train_on, eps, pgd_steps, mixup_alpha,
+          attack_steps, restarts, step_size, projection, early_stop, train_on, eps, pgd_steps, mixup_alpha,
           grayscale, width, buffer_size, workers, checkpoint_every, log_every, max_steps,
           run_dir, resume, device, threads, no_progress, storage_options) -> None:  # fmt: skip
     """Train a classifier on a latent store (nominal | at | randmix | advmix | mixup).
@@ -155,7 +160,7 @@ def train(store_url, generator_path, method, epochs, batch_size, lr, weight_deca
         store=store_url, generator=str(generator_path), method=method, epochs=epochs,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
         attack_steps=attack_steps, restarts=restarts, step_size=step_size,
-        projection=projection, train_on=train_on, eps=eps, pgd_steps=pgd_steps,
+        projection=projection, early_stop=early_stop, train_on=train_on, eps=eps, pgd_steps=pgd_steps,
         mixup_alpha=mixup_alpha, grayscale=grayscale, width=width, buffer_size=buffer_size,
         workers=workers, checkpoint_every=checkpoint_every, log_every=log_every,
         max_steps=max_steps, storage_options=storage_options,

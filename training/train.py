@@ -65,6 +65,7 @@ class TrainConfig:
     restarts: int = 1
     step_size: float = 0.25
     projection: str = "box"
+    early_stop: bool = True
     train_on: str | None = None  # None: DEFAULT_TRAIN_ON[method]
     eps: float = 8 / 255
     pgd_steps: int = 7
@@ -100,7 +101,7 @@ class TrainConfig:
     # Settings that must not change across --resume (the rest may, e.g. epochs).
     FIXED = (
         "method", "batch_size", "lr", "weight_decay", "seed", "attack_steps", "restarts",
-        "step_size", "projection", "train_on", "eps", "pgd_steps", "mixup_alpha", "grayscale",
+        "step_size", "projection", "early_stop", "train_on", "eps", "pgd_steps", "mixup_alpha", "grayscale",
         "width", "buffer_size", "workers",
     )  # fmt: skip
 
@@ -414,7 +415,8 @@ class Trainer:
             return images, {}
         result = attacks.advmix(
             module, self.G, w, y, self.k, self.style_set, steps=cfg.attack_steps,
-            restarts=cfg.restarts, step_size=cfg.step_size, generator=gen,
+            restarts=cfg.restarts, step_size=cfg.step_size, early_stop=cfg.early_stop,
+            generator=gen,
         )  # fmt: skip
         return result.images, {
             "fooled": result.fooled.float().mean().item(),

@@ -1,0 +1,293 @@
+"""Training stage: stream throughput, AdvMix cost, and stream memory vs store size.
+
+1. ``LatentStream`` samples/s over a whole epoch (shuffle buffer, prefetch, batches) vs raw
+   whole-shard reads of the same arrays, on local disk and on the S3 emulator (moto on
+   127.0.0.1 in this process). Target: stream >= 0.8x raw. Best of ``REPEATS``.
+2. One AdvMix epoch (K=5, 1 restart, box projection, early stop on, then off) vs one nominal
+   epoch, from the same warmed-up classifier, with a generator of the project's 32x32
+   architecture (random weights) on a synthetic store whose labels depend on the styles.
+   Target: <= 3x with early stop.
+3. Peak RSS of a process opening a 100k-sample vs a 1M-sample store (tiny w, no images) and
+   streaming the same 60k samples from each (shuffle buffer 16k), each in a fresh
+   subprocess. Target: equal within +-10%.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from schemas.layout import Layout
+from schemas.manifest import Provenance
+from schemas.writer import StoreWriter
+
+REPEATS = 3
+THROUGHPUT_LAYOUT = Layout(
+    num_samples=4096, shard_size=512, num_ws=8, w_dim=128, w_dtype="float16",
+    image_shape=(3, 32, 32), label_names=tuple(f"c{i}" for i in range(10)),
+)  # fmt: skip
+
+
+def _write(url, layout, storage_options=None, fingerprint=None, w=None, labels=None, images=None):
+    rng = np.random.default_rng(0)
+    writer = StoreWriter.create(
+        url, layout, Provenance(k=4, generator_fingerprint=fingerprint),
+        storage_options=storage_options,
+    )  # fmt: skip
+    for shard in range(layout.num_shards):
+        a, b = layout.shard_bounds(shard)
+        n = b - a
+        inputs = {
+            "w": w[a:b] if w is not None else rng.normal(size=(n, layout.num_ws, layout.w_dim)),
+            "labels": labels[a:b] if labels is not None else rng.integers(0, 10, n),
+            "rows": {"id": [f"s{i}" for i in range(a, b)], "rec_mse": np.zeros(n),
+                     "rec_psnr": np.zeros(n)},
+        }  # fmt: skip
+        if layout.image_shape is not None:
+            inputs["images"] = (
+                images[a:b]
+                if images is not None
+                else rng.integers(0, 256, (n, *layout.image_shape), dtype=np.uint8)
+            )
+        writer.write_shard(shard, **inputs)
+    writer.commit(code_version="bench")
+
+
+def _raw_epoch(url, storage_options) -> float:
+    """Samples/s of reading every shard whole (w, label, image), in shard order."""
+    import zarr
+
+    from schemas.reader import open_store
+
+    store = open_store(url, storage_options)
+    group = zarr.open_group(store.location.zarr_store(read_only=True), mode="r")
+    arrays = [group[name] for name in ("w", "label", "image")]
+    started = time.perf_counter()
+    count = 0
+    for shard in range(store.num_shards):
+        a, b = store.shard_bounds(shard)
+        parts = [np.asarray(arr[a:b]) for arr in arrays]
+        count += len(parts[1])
+    return count / (time.perf_counter() - started)
+
+
+def _stream_epoch(url, storage_options, epoch: int) -> float:
+    from training.stream import LatentStream
+
+    stream = LatentStream(url, storage_options, batch_size=256, seed=0, buffer_size=2048)
+    stream.set_epoch(epoch)
+    started = time.perf_counter()
+    count = sum(len(batch["index"]) for batch in stream.loader())
+    return count / (time.perf_counter() - started)
+
+
+def _throughput(url, storage_options) -> dict:
+    _write(url, THROUGHPUT_LAYOUT, storage_options)
+    raw = max(_raw_epoch(url, storage_options) for _ in range(REPEATS))
+    stream = max(_stream_epoch(url, storage_options, e) for e in range(REPEATS))
+    return {
+        "raw_shard_reads_samples_per_s": round(raw, 1),
+        "stream_samples_per_s": round(stream, 1),
+        "stream_vs_raw": round(stream / raw, 3),
+    }
+
+
+def measure_throughput() -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        local = _throughput(str(Path(tmp) / "s.zarr"), None)
+    from schemas.testing import moto_s3
+
+    with moto_s3() as options:
+        s3 = _throughput("s3://advmix/bench.zarr", options)
+    return {"local": local, "s3_emulator": s3, "target_stream_vs_raw": ">= 0.8"}
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def measure_attack_cost(num_samples: int = 512, batch: int = 64) -> dict:
+    import torch
+
+    from advmix.attacks import to_unit
+    from advmix.stylegan import Generator, GeneratorConfig, generator_fingerprint, save_generator
+    from training.train import TrainConfig, Trainer
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    # the project's 32x32 architecture (advmix gan train defaults), random weights
+    G = Generator(GeneratorConfig(channel_base=1024, channel_max=128, k=5)).eval()
+    with torch.no_grad():
+        w = G.mapping(torch.randn(num_samples, G.z_dim, generator=torch.Generator().manual_seed(1)))
+        images = torch.cat(
+            [to_unit(G.synthesis(w[i : i + 128])) for i in range(0, num_samples, 128)]
+        )
+    # labels from the images' coarse content: 10 bins of a random projection of the styles
+    proj = w[:, 0] @ torch.randn(G.w_dim, generator=torch.Generator().manual_seed(2))
+    labels = torch.bucketize(proj, torch.quantile(proj, torch.linspace(0.1, 0.9, 9))).numpy()
+    out: dict = {"samples": num_samples, "batch_size": batch, "attack_steps": 5, "k": 5}
+    with tempfile.TemporaryDirectory() as tmp:
+        gpath = Path(tmp) / "G.pt"
+        save_generator(G, gpath)
+        layout = Layout(
+            num_samples=num_samples, shard_size=128, num_ws=G.num_ws, w_dim=G.w_dim,
+            w_dtype="float32", image_shape=(3, 32, 32),
+            label_names=tuple(f"c{i}" for i in range(10)),
+        )  # fmt: skip
+        _write(
+            str(Path(tmp) / "s.zarr"), layout, fingerprint=generator_fingerprint(G),
+            w=w.numpy(), labels=labels,
+            images=(images * 255).round().to(torch.uint8).numpy(),
+        )  # fmt: skip
+
+        def trainer(method, name, **kw):
+            cfg = TrainConfig(
+                store=str(Path(tmp) / "s.zarr"), generator=str(gpath), method=method, epochs=1,
+                batch_size=batch, buffer_size=256, checkpoint_every=10_000, **kw,
+            )  # fmt: skip
+            return Trainer(cfg, Path(tmp) / name)
+
+        warm = trainer("nominal", "warm")
+        warm.cfg.epochs = 2
+        warm.train()
+        state = {k: v.clone() for k, v in warm.model.state_dict().items()}
+
+        def epoch_s(method, name, **kw) -> tuple[float, dict]:
+            t = trainer(method, name, **kw)
+            t.model.load_state_dict(state)
+            t.stream.set_epoch(2)
+            t._resumed = True  # keep the epoch set above
+            t.epoch = 2
+            t.cfg.epochs = 3
+            loader = t.stream.loader()
+            summary = t._epoch(loader, progress=False)
+            return summary["epoch_s"], summary
+
+        nominal_s, _ = epoch_s("nominal", "nominal")
+        adv_s, _ = epoch_s("advmix", "advmix", attack_steps=5)
+        adv_nostop_s, _ = epoch_s("advmix", "advmix-nostop", attack_steps=5, early_stop=False)
+        rand_s, _ = epoch_s("randmix", "randmix")
+    out.update(
+        nominal_epoch_s=round(nominal_s, 2),
+        randmix_epoch_s=round(rand_s, 2),
+        advmix_epoch_s=round(adv_s, 2),
+        advmix_no_early_stop_epoch_s=round(adv_nostop_s, 2),
+        advmix_vs_nominal=round(adv_s / nominal_s, 2),
+        advmix_no_early_stop_vs_nominal=round(adv_nostop_s / nominal_s, 2),
+        randmix_vs_nominal=round(rand_s / nominal_s, 2),
+        target_advmix_vs_nominal="<= 3",
+    )
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+
+RSS_SAMPLES = 60_000  # streamed from each store (zarr 3.1 decodes ~3k one-sample chunks/s here)
+RSS_SHARD = 10_000
+
+_RSS_CHILD = r"""
+import json, resource, sys, time
+from training.stream import LatentStream
+url, limit = sys.argv[1], int(sys.argv[2])
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+stream = LatentStream(url, batch_size=4096, seed=0, buffer_size=16384)
+started = time.perf_counter()
+n = 0
+for batch in stream.loader():
+    n += len(batch["index"])
+    if n >= limit:
+        break
+elapsed = time.perf_counter() - started
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"samples": n, "peak_rss_mib": peak / 1024, "rss_after_imports_mib": base / 1024,
+                  "samples_per_s": n / elapsed, "store_samples": stream.num_samples}))
+"""
+
+
+def _tiny_store(url: str, num_samples: int) -> None:
+    """A store of tiny w (2 x 2 float16), no images. Shard 0 is written through StoreWriter;
+    the other shards reuse its array objects byte for byte (a shard object holds offsets
+    relative to itself, so it is valid at any shard key) with their own index part and
+    completion record. Zarr 3.1 encodes ~2k one-sample chunks/s here, so writing 1M samples
+    chunk by chunk would take ~10 minutes; the reader cannot tell the difference."""
+    from schemas.layout import index_part_path, record_path
+    from schemas.manifest import ObjectEntry, ShardEntry
+    from schemas.writer import _parquet_bytes
+
+    layout = Layout(
+        num_samples=num_samples, shard_size=RSS_SHARD, num_ws=2, w_dim=2, w_dtype="float16",
+        label_names=tuple(f"c{i}" for i in range(10)), metrics=(),
+    )  # fmt: skip
+    writer = StoreWriter.create(url, layout, Provenance(k=1))
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(RSS_SHARD, 2, 2)).astype(np.float32)
+    labels = rng.integers(0, 10, RSS_SHARD)
+    writer.write_shard(0, w=w, labels=labels, rows={"id": np.arange(RSS_SHARD).astype(str)})
+    location = writer.location
+    arrays = {spec.key(name, 0): name for name, spec in layout.arrays.items()}
+    blobs = {name: location.read(key) for key, name in arrays.items()}
+    for shard in range(1, layout.num_shards):
+        a, b = layout.shard_bounds(shard)
+        for name, spec in layout.arrays.items():
+            location.write(spec.key(name, shard), blobs[name])
+        table = writer._index_table(shard, a, b - a, labels, {"id": np.arange(a, b).astype(str)})
+        location.write(index_part_path(shard), _parquet_bytes(table))
+        objects = tuple(
+            ObjectEntry.of(path, location.read(path)) for path in layout.shard_objects(shard)
+        )
+        location.write(record_path(shard), ShardEntry(shard, a, b - a, objects).to_json())
+    writer.commit(code_version="bench")
+
+
+def measure_memory() -> dict:
+    root = Path(__file__).resolve().parent.parent
+    out: dict = {"streamed_samples_each": RSS_SAMPLES, "buffer_size": 16384, "batch_size": 4096}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (100_000, 1_000_000):
+            url = str(Path(tmp) / f"s{n}.zarr")
+            started = time.perf_counter()
+            _tiny_store(url, n)
+            write_s = time.perf_counter() - started
+            result = subprocess.run(
+                [sys.executable, "-c", _RSS_CHILD, url, str(RSS_SAMPLES)], capture_output=True,
+                text=True, cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=1200,
+            )  # fmt: skip
+            if result.returncode != 0:
+                raise RuntimeError(result.stderr[-2000:])
+            child = json.loads(result.stdout.strip().splitlines()[-1])
+            assert child["store_samples"] == n and child["samples"] >= RSS_SAMPLES
+            out[f"{n // 1000}k"] = {
+                "peak_rss_mib": round(child["peak_rss_mib"], 1),
+                "rss_after_imports_mib": round(child["rss_after_imports_mib"], 1),
+                "samples_per_s": round(child["samples_per_s"]),
+                "store_write_s": round(write_s, 1),
+                "stream_rss_increment_mib": round(
+                    child["peak_rss_mib"] - child["rss_after_imports_mib"], 1
+                ),
+            }
+    out["peak_rss_1m_vs_100k"] = round(
+        out["1000k"]["peak_rss_mib"] / out["100k"]["peak_rss_mib"], 3
+    )
+    out["increment_1m_vs_100k"] = round(
+        out["1000k"]["stream_rss_increment_mib"] / out["100k"]["stream_rss_increment_mib"], 3
+    )
+    out["target"] = "1.0 +- 0.1"
+    return out
+
+
+def run() -> dict:
+    return {
+        "stream_throughput": measure_throughput(),
+        "stream_memory": measure_memory(),
+        "attack_cost": measure_attack_cost(),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2))
