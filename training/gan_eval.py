@@ -4,6 +4,9 @@ All measured with a small classifier trained on real data (no downloads):
 
 - ``class_kept[k]``: over pairs (A, B) whose predicted classes differ, the rate at which the
   colour-blind (``gray-max``) classifier gives ``mix(A, B, k)`` A's class.
+  ``class_kept_confident_a[k]`` is the same over pairs whose A the classifier gives > 0.8
+  probability (a diagnostic: most flips are between coat, pullover and shirt, which the
+  classifier also confuses on real images).
 - ``colour_follows[k]``: over pairs whose foreground colours differ (distance > 0.25), the rate
   at which the mix's mean foreground colour is nearer B's than A's.
 - ``fd_features``: Frechet distance between the classifier's penultimate features of generated
@@ -28,6 +31,7 @@ from training.gan import to_unit
 
 FG_THRESHOLD = 0.25  # max-channel intensity above which a pixel is foreground
 COLOUR_MIN_DISTANCE = 0.25
+CONFIDENT = 0.8  # diagnostic: class kept over pairs whose A the classifier is sure about
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,6 +105,16 @@ def predict(model: SmallCNN, images01: Tensor, batch: int = 500) -> Tensor:
 
 
 @torch.no_grad()
+def probabilities(model: SmallCNN, images01: Tensor, batch: int = 500) -> Tensor:
+    return torch.cat(
+        [
+            torch.softmax(model(model.prepare(images01[i : i + batch])), dim=1)
+            for i in range(0, len(images01), batch)
+        ]
+    )
+
+
+@torch.no_grad()
 def features(model: SmallCNN, images01: Tensor, batch: int = 500) -> Tensor:
     return torch.cat(
         [
@@ -168,7 +182,9 @@ def evaluate_generator(
     ws_a = G.mapping(seeded_z(pairs, G.z_dim, seed), truncation_psi=truncation_psi)
     ws_b = G.mapping(seeded_z(pairs, G.z_dim, seed + 1), truncation_psi=truncation_psi)
     img_a, img_b = decode(G, ws_a), decode(G, ws_b)
-    cls_a, cls_b = predict(classifier, img_a), predict(classifier, img_b)
+    prob_a = probabilities(classifier, img_a)
+    cls_a, cls_b = prob_a.argmax(1), predict(classifier, img_b)
+    confident = prob_a.max(1).values > CONFIDENT
     col_a, col_b = foreground_colour(img_a), foreground_colour(img_b)
     cls_differ = cls_a != cls_b
     col_differ = (col_a - col_b).norm(dim=1) > COLOUR_MIN_DISTANCE
@@ -177,11 +193,13 @@ def evaluate_generator(
         mixed = decode(G, Generator.mix(ws_a, ws_b, k))
         cls_m, col_m = predict(classifier, mixed), foreground_colour(mixed)
         kept = _rate((cls_m == cls_a)[cls_differ])
+        kept_confident = _rate((cls_m == cls_a)[cls_differ & confident])
         to_b = _rate((cls_m == cls_b)[cls_differ])
         d_a, d_b = (col_m - col_a).norm(dim=1), (col_m - col_b).norm(dim=1)
         follows = _rate((d_b < d_a)[col_differ])
         per_k[k] = {
             "class_kept": kept,
+            "class_kept_confident_a": kept_confident,
             "class_follows_b": to_b,
             "colour_follows": follows,
             "score": min(kept or 0.0, follows or 0.0),
@@ -201,6 +219,7 @@ def evaluate_generator(
         "pairs": pairs,
         "pairs_class_differs": int(cls_differ.sum()),
         "pairs_colour_differs": int(col_differ.sum()),
+        "pairs_class_differs_confident_a": int((cls_differ & confident).sum()),
         "truncation_psi": truncation_psi,
         "per_k": {str(k): v for k, v in per_k.items()},
         "chosen_k": best_k,
