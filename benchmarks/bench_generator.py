@@ -33,7 +33,7 @@ def _images_per_s(G: Generator, ws: torch.Tensor, repeats: int) -> float:
     return BATCH / best
 
 
-def run(repeats: int = 5) -> dict:
+def run(repeats: int = 3) -> dict:
     torch.manual_seed(0)
     non_grouped = Generator(GeneratorConfig(**CONFIG)).requires_grad_(False)
     grouped = Generator(GeneratorConfig(**CONFIG, grouped=True)).requires_grad_(False)
