@@ -1,4 +1,5 @@
-"""advmix.attacks on a tiny real generator: AdvMix vs RandMix, projection, early stop, PGD, mixup."""
+"""advmix.attacks on a tiny real generator: AdvMix vs RandMix, projection, early stop, PGD,
+mixup."""
 
 import pytest
 import torch

@@ -144,8 +144,8 @@ def _set_threads(threads: int | None) -> None:
 @click.option("--no-progress", is_flag=True)
 @storage_options
 def train(store_url, generator_path, method, epochs, batch_size, lr, weight_decay, seed,
-          attack_steps, restarts, step_size, projection, early_stop, train_on, eps, pgd_steps, mixup_alpha,
-          grayscale, width, buffer_size, workers, checkpoint_every, log_every, max_steps,
+          attack_steps, restarts, step_size, projection, early_stop, train_on, eps, pgd_steps,
+          mixup_alpha, grayscale, width, buffer_size, workers, checkpoint_every, log_every, max_steps,
           run_dir, resume, device, threads, no_progress, storage_options) -> None:  # fmt: skip
     """Train a classifier on a latent store (nominal | at | randmix | advmix | mixup).
 
@@ -160,8 +160,8 @@ def train(store_url, generator_path, method, epochs, batch_size, lr, weight_deca
         store=store_url, generator=str(generator_path), method=method, epochs=epochs,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
         attack_steps=attack_steps, restarts=restarts, step_size=step_size,
-        projection=projection, early_stop=early_stop, train_on=train_on, eps=eps, pgd_steps=pgd_steps,
-        mixup_alpha=mixup_alpha, grayscale=grayscale, width=width, buffer_size=buffer_size,
+        projection=projection, early_stop=early_stop, train_on=train_on, eps=eps,
+        pgd_steps=pgd_steps, mixup_alpha=mixup_alpha, grayscale=grayscale, width=width, buffer_size=buffer_size,
         workers=workers, checkpoint_every=checkpoint_every, log_every=log_every,
         max_steps=max_steps, storage_options=storage_options,
     )  # fmt: skip

@@ -213,9 +213,8 @@ class LatentStream(IterableDataset):
             "num_samples",
         ):  # fmt: skip
             if state[key] != getattr(self, key):
-                raise StreamError(
-                    f"cannot resume the stream: {key} was {state[key]!r}, now {getattr(self, key)!r}"
-                )
+                was, now = state[key], getattr(self, key)
+                raise StreamError(f"cannot resume the stream: {key} was {was!r}, now {now!r}")
         consumed = [int(c) for c in state["consumed"]]
         sizes = self.worker_sizes(state.get("rank", self.rank))
         if len(consumed) != len(sizes) or any(

@@ -101,8 +101,8 @@ class TrainConfig:
     # Settings that must not change across --resume (the rest may, e.g. epochs).
     FIXED = (
         "method", "batch_size", "lr", "weight_decay", "seed", "attack_steps", "restarts",
-        "step_size", "projection", "early_stop", "train_on", "eps", "pgd_steps", "mixup_alpha", "grayscale",
-        "width", "buffer_size", "workers",
+        "step_size", "projection", "early_stop", "train_on", "eps", "pgd_steps",
+        "mixup_alpha", "grayscale", "width", "buffer_size", "workers",
     )  # fmt: skip
 
 
@@ -436,7 +436,8 @@ class Trainer:
             xm, ya, yb, lam = attacks.mixup(x, y, cfg.mixup_alpha, gen)
             logits = net(xm)
             loss = attacks.mixup_loss(logits, ya, yb, lam)
-            acc = (lam * (logits.argmax(1) == ya).float() + (1 - lam) * (logits.argmax(1) == yb).float()).mean()  # fmt: skip
+            pred = logits.argmax(1)
+            acc = (lam * (pred == ya).float() + (1 - lam) * (pred == yb).float()).mean()
         else:
             if cfg.method == "nominal":
                 inputs, targets = x, y
