@@ -4,8 +4,12 @@ For each image ``x``: start from the mean of M mapped latents, then take Adam st
     L_rec = a0 * ||dec(w+) - x||^2 + sum_i a_i * ||vgg_i(dec(w+)) - vgg_i(x)||^2
     L_mix = sum_i b_i * ||vgg_i(dec(w+_coarse, map(z)_fine)) - vgg_i(x)||^2,  z fresh each step.
 The mixing loss is what pushes content into the coarse styles: the fine styles are replaced by
-random ones and the image must still look like ``x``. Squared norms are means over elements
-(per image) so the weights do not depend on image size or layer width.
+random ones and the image must still look like ``x``. The pixel term is a mean over elements.
+Feature maps are unit-normalised over channels before the squared distance (as LPIPS does,
+without its learned weights; summed over channels, averaged over positions): on raw
+activations conv3_2's errors are ~100x the pixel term's and the fit follows them into poor
+minima (measured on the shipped generator, 16 real test images, 100 steps: 17.7 dB PSNR raw,
+24.3 dB normalised). ``normalize_features=False`` gives the raw variant.
 
 Each image is optimised independently of its batch-mates: losses are summed over the batch
 (so one image's gradient never involves another's), Adam's moments are per element, and the
@@ -35,6 +39,7 @@ class InversionConfig:
     beta_mix: Sequence[float] = field(default_factory=lambda: (0.2, 0.2, 0.2))  # b_i (paper 1/5)
     k: int | None = None  # coarse/fine split; None takes the generator's
     seed: int = 0
+    normalize_features: bool = True  # LPIPS-style channel normalisation (module docstring)
 
     def to_dict(self) -> dict:
         return {
@@ -71,8 +76,20 @@ def _per_image_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).square().flatten(1).mean(dim=1)
 
 
-def _feature_loss(feats, targets, weights) -> torch.Tensor:
-    return sum(w * _per_image_mse(f, t) for w, f, t in zip(weights, feats, targets, strict=True))
+def _unit(features: torch.Tensor) -> torch.Tensor:
+    return features / (features.square().sum(dim=1, keepdim=True).sqrt() + 1e-8)
+
+
+def _distance(f: torch.Tensor, t: torch.Tensor, normalize: bool) -> torch.Tensor:
+    if normalize:
+        return (_unit(f) - _unit(t)).square().sum(dim=1).flatten(1).mean(dim=1)
+    return _per_image_mse(f, t)
+
+
+def _feature_loss(feats, targets, weights, normalize: bool) -> torch.Tensor:
+    """sum_i w_i * distance(feats_i, targets_i) per image [B]."""
+    pairs = zip(weights, feats, targets, strict=True)
+    return sum(w * _distance(f, t, normalize) for w, f, t in pairs)
 
 
 def _learning_rate(cfg: InversionConfig, step: int) -> float:
@@ -132,8 +149,10 @@ def _objective(G, features, ws, target, target_feats, z, k, cfg) -> torch.Tensor
     """Per-image L_rec + L_mix [B] (Algorithm 1, lines 3-8)."""
     recon = G.synthesis(ws, noise_mode="const")
     rec = cfg.alpha_pixel * _per_image_mse(recon, target)
-    rec = rec + _feature_loss(features(recon), target_feats, cfg.alpha_features)
+    rec = rec + _feature_loss(
+        features(recon), target_feats, cfg.alpha_features, cfg.normalize_features
+    )
     with torch.no_grad():
         random_styles = G.mapping(z)
     mixed = G.synthesis(G.mix(ws, random_styles, k), noise_mode="const")
-    return rec + _feature_loss(features(mixed), target_feats, cfg.beta_mix)
+    return rec + _feature_loss(features(mixed), target_feats, cfg.beta_mix, cfg.normalize_features)
