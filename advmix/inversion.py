@@ -31,7 +31,7 @@ from advmix.stylegan import Generator
 @dataclass
 class InversionConfig:
     steps: int = 100
-    lr: float = 0.03
+    lr: float = 0.2  # Adam on W+; 0.05/0.1/0.2 gave 21.8/22.6/23.0 dB at 50 steps (16 images)
     lr_rampdown: float = 0.25  # cosine ramp-down over the last fraction of steps (NVlabs projector)
     w_avg_samples: int = 1000  # M in Algorithm 1
     alpha_pixel: float = 1.0  # a0

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--features", default="cfmnist", help="perceptual weights: cfmnist, imagenet, path"
     )
     p.add_argument("--steps", type=_positive, default=100, help="inversion steps N")
-    p.add_argument("--lr", type=float, default=0.03)
+    p.add_argument("--lr", type=float, default=0.2, help="Adam learning rate on W+")
     p.add_argument("--beta-mix", type=float, default=0.2, help="mixing-loss weight per VGG layer")
     p.add_argument("--w-avg-samples", type=_positive, default=1000, help="M latents for the init")
     p.add_argument("--k", type=_positive, default=None, help="coarse/fine split (default: G's)")
