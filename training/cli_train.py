@@ -110,7 +110,7 @@ def _set_threads(threads: int | None) -> None:
     default=0.25,
     help="AdvMix step, relative to the projection set (box width, ball radius, sqrt(z_dim)).",
 )
-@click.option("--projection", type=click.Choice(PROJECTIONS), default="box")
+@click.option("--projection", type=click.Choice(PROJECTIONS), default="ball")
 @click.option(
     "--early-stop/--no-early-stop",
     default=True,
@@ -209,7 +209,7 @@ def train(store_url, generator_path, method, epochs, batch_size, lr, weight_deca
 @click.option("--attack-steps", type=click.IntRange(0), default=5)
 @click.option("--restarts", type=click.IntRange(1), default=1)
 @click.option("--step-size", type=click.FloatRange(0, min_open=True), default=0.25)
-@click.option("--projection", type=click.Choice(PROJECTIONS), default="box")
+@click.option("--projection", type=click.Choice(PROJECTIONS), default="ball")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Store samples to use.")
 @click.option("--batch-size", type=click.IntRange(1), default=256)
 @click.option("--seed", type=click.IntRange(0), default=0)

@@ -64,7 +64,7 @@ class TrainConfig:
     attack_steps: int = 5
     restarts: int = 1
     step_size: float = 0.25
-    projection: str = "box"
+    projection: str = "ball"
     early_stop: bool = True
     train_on: str | None = None  # None: DEFAULT_TRAIN_ON[method]
     eps: float = 8 / 255
