@@ -241,12 +241,17 @@ def _completed_shards(url: str, storage_options: dict, overwrite: bool) -> set[i
         return set()  # nothing there yet (or a committed store, which create() will refuse)
 
 
-def main(argv: list[str] | None = None) -> None:
+def configure_logging() -> None:
+    """Show the job's progress lines (INFO) and Beam's warnings only."""
     # force: importing Beam already logged through the root logger, which configured it.
     logging.basicConfig(
         level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True
     )
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> None:
+    configure_logging()
     try:
         counts = run(argv)
     except (AdvmixError, StoreError, ValueError) as exc:

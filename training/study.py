@@ -69,6 +69,7 @@ def say(message: str) -> None:
 
 
 def encode(cfg: StudyConfig, sigma: float, out: Path) -> Path:
+    from pipeline.encode import configure_logging
     from pipeline.encode import run as encode_job
 
     store = out / "stores" / f"sigma-{sigma:g}"
@@ -78,6 +79,7 @@ def encode(cfg: StudyConfig, sigma: float, out: Path) -> Path:
     spec = f"cfmnist:train?sigma={sigma:g}&limit={cfg.train_images}"
     say(f"encoding {spec} with {cfg.encode_steps} steps into {store} (Beam, FnApiRunner)")
     started = time.perf_counter()
+    configure_logging()
     counts = encode_job(
         ["--input", spec, "--output", str(store), "--generator", cfg.generator,
          "--steps", str(cfg.encode_steps), "--batch-size", str(cfg.encode_batch),
