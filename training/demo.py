@@ -45,7 +45,7 @@ Wall time of the whole demo: {wall_s / 60:.1f} min.
 
 ![accuracy](accuracy.png)
 
-## Latents (first 512 samples of the store)
+## Latents (first {encoding["samples"]} samples of the store)
 
 Mean reconstruction PSNR {encoding["psnr_mean_db"]} dB; a colour-blind real-data classifier
 gives the true class to {encoding["classifier_accuracy_on_originals"]:.1%} of the originals,
