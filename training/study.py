@@ -42,7 +42,7 @@ class StudyConfig:
     sigmas: tuple[float, ...] = (0.05,)
     seeds: tuple[int, ...] = (0,)
     methods: tuple[str, ...] = ("nominal", "randmix", "advmix")
-    train_images: int = 768
+    train_images: int = 1024
     encode_steps: int = 40
     encode_batch: int = 64
     epochs: int = 10
