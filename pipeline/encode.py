@@ -149,11 +149,13 @@ def run(argv: list[str] | None = None) -> dict:
         layout, provenance = plan_store(args, listing, G, len(accepted))
         StoreWriter.create(
             args.output, layout, provenance, storage_options=storage_options,
-            overwrite=args.overwrite and not completed,
+            overwrite=args.overwrite,
         )  # fmt: skip
         return args.output
 
     def commit(num_shards_written: int, created: str, num_dead: int) -> str:
+        # The arguments are unused on purpose: as inputs they make Beam run this step only
+        # after every shard and the dead letters are written.
         StoreWriter.open(args.output, storage_options).commit()
         return args.output
 
