@@ -50,3 +50,30 @@ def test_report_has_table_plot_and_grids(study):
     assert "| 0.05 | AdvMix |" in report and "| 0.05 | nominal |" in report
     for picture in ("accuracy.png", "reconstructions.png", "adversarial-mixes.png"):
         assert f"]({picture})" in report and (out / "run" / picture).stat().st_size > 1000
+
+
+def test_timings_keep_every_step_across_sittings(study):
+    cfg, out, results = study
+    seconds = json.loads((out / "run" / "timings.json").read_text())
+    assert set(seconds) == {"encode sigma-0.05", "nominal sigma-0.05 seed-0",
+                            "advmix sigma-0.05 seed-0"}  # fmt: skip
+    assert all(value >= 0 for value in seconds.values())
+    assert seconds["advmix sigma-0.05 seed-0"] > 0.1  # the first sitting trained it
+
+
+def test_oracle_gap_is_measured_at_the_strongest_correlation():
+    from training.report import oracle_gap
+
+    rows = [
+        {"sigma": s, "method": m, "seed": seed, "iid": 1.0, "random": acc + seed * 0.02,
+         "swapped": 0.5}
+        for s, m, acc in [(0.02, "nominal", 0.2), (0.02, "oracle", 0.8), (0.02, "advmix", 0.65),
+                          (0.1, "nominal", 0.7), (0.1, "oracle", 0.8), (0.1, "advmix", 0.79)]
+        for seed in (0, 1)
+    ]  # fmt: skip
+    gap = oracle_gap(rows)
+    assert gap["sigma"] == 0.02
+    assert gap["gap_closed"]["advmix"] == pytest.approx(0.75)
+    assert gap["gap_closed"]["nominal"] == 0 and gap["gap_closed"]["oracle"] == 1
+    with pytest.raises(ValueError, match="nominal and oracle"):
+        oracle_gap([r for r in rows if r["method"] != "oracle"])

@@ -81,3 +81,16 @@ def sigma_plot(results: list[dict], names: dict[str, str], path: Path, split: st
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+def oracle_gap(results: list[dict], split: str = "random") -> dict:
+    """The study's target, at the strongest correlation (smallest sigma): the share of the
+    nominal -> oracle gap on ``split`` that each method closes, from mean accuracies."""
+    stats = aggregate(results)
+    sigma = min(s for (s, _) in stats)
+    mean = {m: st[split][0] for (s, m), st in stats.items() if s == sigma}
+    if "nominal" not in mean or "oracle" not in mean:
+        raise ValueError("the oracle gap needs nominal and oracle runs")
+    gap = mean["oracle"] - mean["nominal"]
+    closed = {m: (acc - mean["nominal"]) / gap for m, acc in mean.items() if gap > 0}
+    return {"sigma": sigma, "split": split, "accuracy": mean, "gap_closed": closed}
