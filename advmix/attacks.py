@@ -9,7 +9,8 @@ example (its content, ``z_par``) stay fixed; for each of ``restarts`` restarts t
 start at ``map(z)[:, k:]`` for a fresh ``z`` and take ``steps`` projected ascent steps on the
 cross-entropy of the classifier *at the current iterate* (the slide's ``x_tilde^(0)`` in
 line 7 is a typo). Every iterate, the start included, is decoded with
-``G.synthesis(noise_mode="const")`` and checked with the 0-1 loss: the first misclassified mix
+``G.synthesis(noise_mode="const")`` (its coarse layers run once per batch:
+``G.synthesis_coarse``) and checked with the 0-1 loss: the first misclassified mix
 of an example is kept and that example stops ascending (and leaves the batch, which is where
 early stopping saves compute); an example never misclassified keeps its highest-loss mix.
 The start of restart ``r`` is exactly the RandMix sample drawn from the same random stream,
@@ -233,6 +234,8 @@ def advmix(
         fooled[idx[new_fool]] = True
         return wrong
 
+    with torch.no_grad():  # the content of every mix: computed once, not per iterate
+        coarse = G.synthesis_coarse(w[:, :k], noise_mode="const")
     with _EvalMode(model), torch.enable_grad():
         for _ in range(restarts):
             idx = torch.nonzero(~fooled).flatten()
@@ -250,7 +253,7 @@ def advmix(
             for step in range(steps + 1):
                 fine = G.mapping(cur)[:, k:] if style_set.kind == "z" else cur
                 ws = torch.cat([w[idx, :k], fine], dim=1)
-                images = to_unit(G.synthesis(ws, noise_mode="const"))
+                images = to_unit(G.synthesis_fine(coarse.select(idx), fine))
                 logits = model(images)
                 loss = F.cross_entropy(logits, y[idx], reduction="none")
                 evaluations += len(idx)

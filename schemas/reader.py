@@ -162,13 +162,21 @@ class Store:
     # -- reading ------------------------------------------------------------------------------
 
     def read_shard(self, shard: int) -> Shard:
+        arrays = self.read_arrays(shard)
+        start, stop = self.shard_bounds(shard)
+        rows = self.index().iloc[start:stop]
+        return Shard(shard, start, arrays["w"], arrays["label"], arrays.get("image"), rows)
+
+    def read_arrays(self, shard: int, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """One whole-shard read of the arrays ``names`` (default: w, label and image if stored),
+        without the index: what a training stream needs."""
+        names = tuple(self.layout.arrays if names is None else names)
+        unknown = sorted(set(names) - set(self.layout.arrays))
+        if unknown:
+            raise StoreError(f"{self.url}: no arrays {unknown}; it has {list(self.layout.arrays)}")
         start, stop = self.shard_bounds(shard)
         with self._decoding(f"shard {shard}"):
-            w = self._arrays["w"][start:stop]
-            labels = self._arrays["label"][start:stop]
-            images = self._arrays["image"][start:stop] if self.has_images else None
-        rows = self.index().iloc[start:stop]
-        return Shard(shard, start, w, labels, images, rows)
+            return {name: np.asarray(self._arrays[name][start:stop]) for name in names}
 
     def iter_shards(self, shards: Iterable[int] | None = None) -> Iterator[Shard]:
         for shard in range(self.num_shards) if shards is None else shards:

@@ -79,6 +79,17 @@ def test_round_trip_with_a_short_last_shard(store_path):
     ]
 
 
+def test_arrays_only_shard_reads(store_path):
+    store = open_store(str(store_path))
+    both = store.read_arrays(2, ["w", "label"])
+    assert set(both) == {"w", "label"} and len(both["w"]) == 2
+    np.testing.assert_array_equal(both["label"], samples()["labels"][8:])
+    assert set(store.read_arrays(0)) == {"w", "label", "image"}
+    with pytest.raises(StoreError) as exc:
+        store.read_arrays(0, ["w", "latents"])
+    assert "no arrays ['latents']" in one_line(exc)
+
+
 def test_plain_zarr_and_pandas_read_the_store(store_path):
     data = samples()
     group = zarr.open_group(str(store_path), mode="r")

@@ -80,6 +80,34 @@ def test_synthesis_is_differentiable_wrt_ws_with_frozen_weights():
     assert ws.grad is not None and ws.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("noise_mode", ["const", "random"])
+def test_coarse_then_fine_synthesis_is_exactly_synthesis(noise_mode):
+    G = tiny()
+    ws = G.mapping(torch.randn(3, 16))
+    for k in range(1, G.num_ws):
+        torch.manual_seed(1)  # the same random noise for both paths
+        whole = G.synthesis(ws, noise_mode=noise_mode)
+        torch.manual_seed(1)
+        state = G.synthesis_coarse(ws[:, :k], noise_mode=noise_mode)
+        assert torch.equal(G.synthesis_fine(state, ws[:, k:]), whole), k
+        picked = G.synthesis_fine(state.select(torch.tensor([2, 0])), ws[[2, 0], k:])
+        if noise_mode == "const":
+            assert torch.equal(picked, whole[[2, 0]]), k
+
+
+def test_fine_synthesis_differentiates_the_fine_styles_only_and_checks_shapes():
+    G = tiny().requires_grad_(False)
+    ws = G.mapping(torch.randn(2, 16))
+    fine = ws[:, 4:].clone().requires_grad_(True)
+    G.synthesis_fine(G.synthesis_coarse(ws[:, :4]), fine).square().mean().backward()
+    assert fine.grad is not None and fine.grad.abs().sum() > 0
+    for bad in (ws, ws[:, :0], ws[0]):
+        with pytest.raises(ValueError, match="ws_coarse must be"):
+            G.synthesis_coarse(bad)
+    with pytest.raises(ValueError, match="ws_fine must be"):
+        G.synthesis_fine(G.synthesis_coarse(ws[:, :4]), ws[:, 3:])
+
+
 def test_mix_takes_coarse_from_a_and_fine_from_b():
     a, b = torch.zeros(2, 8, 4), torch.ones(2, 8, 4)
     m = Generator.mix(a, b, 3)

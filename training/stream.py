@@ -303,21 +303,14 @@ class _ShardReader:
     """Whole-shard reads of the arrays, one background thread reading ahead."""
 
     def __init__(self, store: Store, with_images: bool, prefetch: int) -> None:
-        import zarr
-
-        group = zarr.open_group(store.location.zarr_store(read_only=True), mode="r")
-        self.arrays = {"w": group["w"], "label": group["label"]}
-        if with_images:
-            self.arrays["image"] = group["image"]
+        self.names = ("w", "label", "image") if with_images else ("w", "label")
         self.store = store
         self.prefetch = prefetch
         self.pool = ThreadPoolExecutor(max_workers=1) if prefetch > 0 else None
         self.pending: dict[int, object] = {}
 
     def read(self, shard: int) -> dict:
-        start, stop = self.store.shard_bounds(shard)
-        with self.store._decoding(f"shard {shard}"):
-            return {name: np.asarray(a[start:stop]) for name, a in self.arrays.items()}
+        return self.store.read_arrays(shard, self.names)
 
     def gather(self, indices: np.ndarray) -> dict:
         """The samples ``indices`` (any order), reading each shard they touch whole, once."""
