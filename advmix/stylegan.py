@@ -19,8 +19,8 @@ differentiable with respect to ``ws`` for inversion and attacks.
 
 ``synthesis_coarse(ws[:, :k])`` runs every layer that reads only coarse styles once and
 ``synthesis_fine(state, fine)`` finishes the image from there: AdvMix changes only the fine
-styles of an example, so its ascent steps skip the coarse layers (28% of a 32x32 generator's
-multiply-adds at k = 4). Together they compute exactly ``synthesis(ws)``.
+styles of an example, so its ascent steps skip the coarse layers (about half the multiply-adds
+of the shipped 32x32 generator at k = 4). Together they compute exactly ``synthesis(ws)``.
 
 Checkpoints are one ``torch.save`` file holding only plain containers, strings and tensors;
 they are read with ``torch.load(..., weights_only=True)`` and anything else is refused.
