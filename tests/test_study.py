@@ -77,3 +77,12 @@ def test_oracle_gap_is_measured_at_the_strongest_correlation():
     assert gap["gap_closed"]["nominal"] == 0 and gap["gap_closed"]["oracle"] == 1
     with pytest.raises(ValueError, match="nominal and oracle"):
         oracle_gap([r for r in rows if r["method"] != "oracle"])
+
+
+def test_results_page_states_both_ceilings():
+    from training.reproduce import gap_text
+
+    gap = {"sigma": 0.02, "split": "random", "accuracy": {"nominal": 0.2, "oracle": 0.7,
+           "advmix": 0.6}, "gap_closed": {"nominal": 0.0, "oracle": 1.0, "advmix": 0.8}}  # fmt: skip
+    text = gap_text(gap, {"nominal": "nominal", "oracle": "oracle", "advmix": "AdvMix"}, 1.0)
+    assert "| AdvMix | 0.600 | 80% | 50% |" in text and "scores\n1.000 on `random`" in text
