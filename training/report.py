@@ -67,7 +67,7 @@ def sigma_plot(results: list[dict], names: dict[str, str], path: Path, split: st
     import matplotlib.pyplot as plt
 
     stats = aggregate(results)
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(8, 3.5), dpi=120)
     for method in dict.fromkeys(m for (_, m) in stats):
         points = sorted((sigma, st[split]) for (sigma, m), st in stats.items() if m == method)
         sigmas = [p[0] for p in points]
@@ -76,7 +76,7 @@ def sigma_plot(results: list[dict], names: dict[str, str], path: Path, split: st
     ax.set_xlabel("sigma of the training colour noise (smaller = stronger spurious correlation)")
     ax.set_ylabel(f"accuracy on '{split}' colours")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # off the lines
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
