@@ -242,7 +242,7 @@ def advmix(
             z = _randn((batch, G.z_dim), generator, device)  # drawn for all: same stream
             if len(idx) == 0:
                 break
-            z = z[idx]
+            z, state = z[idx], coarse.select(idx)
             if style_set.kind == "z":
                 cur = z.clone().requires_grad_(True)
                 start = None
@@ -253,7 +253,7 @@ def advmix(
             for step in range(steps + 1):
                 fine = G.mapping(cur)[:, k:] if style_set.kind == "z" else cur
                 ws = torch.cat([w[idx, :k], fine], dim=1)
-                images = to_unit(G.synthesis_fine(coarse.select(idx), fine))
+                images = to_unit(G.synthesis_fine(state, fine))
                 logits = model(images)
                 loss = F.cross_entropy(logits, y[idx], reduction="none")
                 evaluations += len(idx)
@@ -270,7 +270,7 @@ def advmix(
                         nxt = cur + step_size * math.sqrt(G.z_dim) * grad / norm
                     else:
                         nxt = style_set.project(style_set.step(cur, grad, step_size), start)
-                    nxt, idx = nxt[keep], idx[keep]
+                    nxt, idx, state = nxt[keep], idx[keep], state.select(keep)
                     if start is not None:
                         start = start[keep]
                 cur = nxt.detach().requires_grad_(True)

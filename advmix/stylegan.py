@@ -313,7 +313,7 @@ class SynthesisNetwork(nn.Module):
         assert self.num_ws == cfg.num_ws
 
     def forward(self, ws: Tensor, noise_mode: str = "const") -> Tensor:
-        return self.fine(self.coarse(ws[:, :0], noise_mode), ws[:, 0:])
+        return self.fine(self.coarse(ws[:, :0], noise_mode), ws)
 
     def coarse(self, ws_coarse: Tensor, noise_mode: str = "const") -> CoarseActivations:
         """Run every layer whose style index is below k = ``ws_coarse.shape[1]``."""
@@ -354,7 +354,7 @@ class CoarseActivations:
     noise_mode: str
 
     def select(self, idx: Tensor) -> CoarseActivations:
-        """The same state for the examples ``idx`` only."""
+        """The same state for the examples ``idx`` (indices or a boolean mask) only."""
         pick = lambda t: None if t is None else t[idx]  # noqa: E731
         return dataclasses.replace(self, ws_coarse=self.ws_coarse[idx], x=pick(self.x),
                                    img=pick(self.img))  # fmt: skip
