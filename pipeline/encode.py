@@ -24,7 +24,7 @@ from advmix.inversion import InversionConfig
 from advmix.perceptual import load_features
 from advmix.stylegan import generator_fingerprint, load_generator
 from pipeline.artifacts import local_copy
-from pipeline.model_handler import InversionModelHandler
+from pipeline.model_handler import InversionModelHandler, resolve_device
 from pipeline.sources import Listing, list_inputs
 from pipeline.transforms import (
     REJECTED,
@@ -85,6 +85,12 @@ def _positive(text: str) -> int:
     return value
 
 
+def _runs_here(beam_args: list[str]) -> bool:
+    """Whether the workers run on this machine (the local runners), so its devices matter."""
+    runner = PipelineOptions(beam_args).get_all_options()["runner"] or "FnApiRunner"
+    return runner.rsplit(".", 1)[-1] in ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner")
+
+
 def beam_options(extra: list[str]) -> PipelineOptions:
     if not any(arg.startswith("--runner") for arg in extra):
         extra = ["--runner=FnApiRunner", *extra]
@@ -114,6 +120,8 @@ def plan_store(args, listing: Listing, G, num_accepted: int) -> tuple[Layout, Pr
 
 def run(argv: list[str] | None = None) -> dict:
     args, beam_args = build_parser().parse_known_args(argv)
+    if _runs_here(beam_args):  # a Dataflow launcher has no GPU of its own; its workers check
+        resolve_device(args.device)
     storage_options = dict(parse_storage_option(text) for text in args.storage_option)
     G = load_generator(local_copy(args.generator, storage_options))
     load_features(args.features)  # fail here, not on a worker, when the weights are unusable

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from advmix.errors import AdvmixError
 from advmix.inversion import InversionConfig, invert, mean_style
 from advmix.perceptual import load_features
 from advmix.stylegan import load_generator
@@ -43,10 +44,17 @@ class EncodeBatch:
 
 def resolve_device(requested: str) -> torch.device:
     """The device asked for, or an error: Beam's own handlers silently fall back to CPU."""
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise AdvmixError(f"--device {requested}: not a device (cpu, cuda or cuda:N)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"--device {requested} requested but CUDA is not available here")
+            raise AdvmixError(f"--device {requested} requested but CUDA is not available here")
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise AdvmixError(
+                f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
         torch.empty(1, device=device)  # fails now, not mid-batch, if the device is unusable
     return device
 

@@ -168,6 +168,8 @@ def test_cli_prints_counts(nets, tmp_path):
         (["--generator", "/nonexistent/G.pt"], 1, "Error:"),
         (["--input", "cfmnist:nope"], 1, "unknown split"),
         (["--features", "/nonexistent/F.pt"], 1, "cannot read perceptual weights"),
+        (["--device", "tpu:0"], 1, "--device tpu:0: not a device"),
+        (["--device", "cuda:64"], 1, "--device cuda:64"),
     ],
 )
 def test_bad_arguments_fail_cleanly(nets, tmp_path, args, code, message):
