@@ -25,6 +25,7 @@ from schemas.errors import StoreError
 from schemas.layout import DEAD_LETTER, GROUP_METADATA, INDEX, MANIFEST, Layout, record_path
 from schemas.manifest import Manifest, parse_manifest
 from schemas.plan import plan_parts, read_plan
+from schemas.shard_decode import ShardFormat, decode_shard
 from schemas.urls import Location, _client_errors
 from schemas.validate import check_store
 
@@ -176,7 +177,14 @@ class Store:
             raise StoreError(f"{self.url}: no arrays {unknown}; it has {list(self.layout.arrays)}")
         start, stop = self.shard_bounds(shard)
         with self._decoding(f"shard {shard}"):
-            return {name: np.asarray(self._arrays[name][start:stop]) for name in names}
+            return {name: self._read_whole(name, shard, start, stop) for name in names}
+
+    def _read_whole(self, name: str, shard: int, start: int, stop: int) -> np.ndarray:
+        fmt = self._formats[name]
+        if fmt is None:  # labels (one plain chunk) or codecs shard_decode does not know
+            return np.asarray(self._arrays[name][start:stop])
+        blob = self.location.read(self.layout.arrays[name].key(name, shard))
+        return decode_shard(blob, fmt, stop - start)
 
     def iter_shards(self, shards: Iterable[int] | None = None) -> Iterator[Shard]:
         for shard in range(self.num_shards) if shards is None else shards:
@@ -217,6 +225,10 @@ class Store:
             cached = (os.getpid(), self._open_arrays())
             self.__dict__["_opened"] = cached
         return cached[1]
+
+    @cached_property
+    def _formats(self) -> dict:
+        return {name: ShardFormat.of(array) for name, array in self._arrays.items()}
 
     def _open_arrays(self) -> dict:
         import zarr

@@ -56,6 +56,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from advmix.errors import AdvmixError
 from schemas.reader import Store, open_store
+from training.shuffle import ShuffleBuffer
 
 STATE_FORMAT = "advmix-stream-state"
 
@@ -306,7 +307,7 @@ class _ShardReader:
         self.names = ("w", "label", "image") if with_images else ("w", "label")
         self.store = store
         self.prefetch = prefetch
-        self.pool = ThreadPoolExecutor(max_workers=1) if prefetch > 0 else None
+        self.pool = ThreadPoolExecutor(max_workers=prefetch) if prefetch > 0 else None
         self.pending: dict[int, object] = {}
 
     def read(self, shard: int) -> dict:
@@ -370,36 +371,19 @@ class _WorkerIterator:
         self.rng = np.random.default_rng([ds.seed, epoch, rank, worker])
         self.cap = ds.buffer_size
 
-    def _mix(self, buf: dict | None, new: dict) -> tuple[dict | None, dict | None]:
-        """(emitted, buffer) after adding ``new`` to the buffer."""
-        pool = new if buf is None or _len(buf) == 0 else _cat([buf, new])
-        n = _len(pool)
-        if self.cap <= 0:
-            return pool, None
-        if n <= self.cap:
-            return None, pool
-        perm = self.rng.permutation(n)
-        out = n - self.cap
-        return _take(pool, perm[:out]), _take(pool, perm[out:])
-
-    def _drain(self, buf: dict | None) -> dict | None:
-        if _len(buf) == 0:
-            return None
-        return _take(buf, self.rng.permutation(_len(buf)))
-
     def _replay(self) -> tuple[int, np.ndarray | None, np.ndarray | None, bool]:
         """Skip ``self.skip`` samples on indices: (next piece, buffer indices, indices of a
         partly consumed emission still to output, drained)."""
-        buf, to_skip = None, self.skip
+        buffer, to_skip = ShuffleBuffer(self.cap, self.rng), self.skip
         for p, piece in enumerate(self.pieces):
-            emitted, buf = self._mix(buf, {"index": np.arange(piece.lo, piece.hi)})
+            emitted = buffer.add({"index": np.arange(piece.lo, piece.hi)})
             n = _len(emitted)
             if n and to_skip < n:
-                return p + 1, _idx(buf), emitted["index"][to_skip:], False
+                return p + 1, buffer.indices(), emitted["index"][to_skip:], False
             to_skip -= n
             if to_skip == 0:
-                return p + 1, _idx(buf), None, False
-        final = self._drain(buf)
+                return p + 1, buffer.indices(), None, False
+        final = buffer.drain()
         rest = None if final is None else final["index"][to_skip:]
         return len(self.pieces), None, rest, True
 
@@ -410,14 +394,15 @@ class _WorkerIterator:
         pending: list[dict] = []
         npending = 0
         try:
-            start, buf, carry, drained = 0, None, None, False
+            start, buffer, carry, drained = 0, ShuffleBuffer(self.cap, self.rng), None, False
             if self.skip:
                 start, buf_idx, carry_idx, drained = self._replay()
-                buf = reader.gather(buf_idx) if buf_idx is not None and len(buf_idx) else None
+                if buf_idx is not None and len(buf_idx):
+                    buffer.load(reader.gather(buf_idx))
                 carry = (
                     reader.gather(carry_idx) if carry_idx is not None and len(carry_idx) else None
                 )
-            outputs = self._outputs(reader, start, buf, drained)
+            outputs = self._outputs(reader, start, buffer, drained)
             if carry is not None:
                 outputs = _chain([carry], outputs)
             for emitted in outputs:
@@ -436,7 +421,7 @@ class _WorkerIterator:
         finally:
             reader.close()
 
-    def _outputs(self, reader: _ShardReader, start: int, buf: dict | None, drained: bool):
+    def _outputs(self, reader: _ShardReader, start: int, buffer: ShuffleBuffer, drained: bool):
         shards = [pc.shard for pc in self.pieces]
         for p in range(start, len(self.pieces)):
             piece = self.pieces[p]
@@ -444,17 +429,18 @@ class _WorkerIterator:
             first, _ = self.ds.store.shard_bounds(piece.shard)
             new = _take(data, slice(piece.lo - first, piece.hi - first))
             new["index"] = np.arange(piece.lo, piece.hi, dtype=np.int64)
-            emitted, buf = self._mix(buf, new)
+            emitted = buffer.add(new)
             if _len(emitted):
                 yield emitted
         if not drained:
-            final = self._drain(buf)
+            final = buffer.drain()
             if final is not None:
                 yield final
 
     def _batch(self, out: dict) -> dict:
         batch = {
-            "w": torch.from_numpy(np.ascontiguousarray(out["w"], dtype=np.float32)),
+            # torch widens float16 ~6x faster than numpy (13 vs 2 ms per 4096 x 8 x 128 here)
+            "w": torch.from_numpy(np.ascontiguousarray(out["w"])).float(),
             "label": torch.from_numpy(np.ascontiguousarray(out["label"], dtype=np.int64)),
             "index": torch.from_numpy(np.ascontiguousarray(out["index"], dtype=np.int64)),
             "worker": self.worker,
@@ -462,10 +448,6 @@ class _WorkerIterator:
         if "image" in out:
             batch["image"] = torch.from_numpy(np.ascontiguousarray(out["image"]))
         return batch
-
-
-def _idx(buf: dict | None) -> np.ndarray | None:
-    return None if buf is None else buf["index"]
 
 
 def _chain(first: list, rest):
