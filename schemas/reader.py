@@ -181,7 +181,7 @@ class Store:
 
     def _read_whole(self, name: str, shard: int, start: int, stop: int) -> np.ndarray:
         fmt = self._formats[name]
-        if fmt is None:  # labels (one plain chunk) or codecs shard_decode does not know
+        if fmt is None:  # codecs or chunking that shard_decode does not know
             return np.asarray(self._arrays[name][start:stop])
         blob = self.location.read(self.layout.arrays[name].key(name, shard))
         return decode_shard(blob, fmt, stop - start)
@@ -228,7 +228,9 @@ class Store:
 
     @cached_property
     def _formats(self) -> dict:
-        return {name: ShardFormat.of(array) for name, array in self._arrays.items()}
+        """Arrays whose shard objects ``shard_decode`` reads directly (one object per shard)."""
+        formats = {name: ShardFormat.of(array) for name, array in self._arrays.items()}
+        return {n: f if f and f.chunks == self.shard_size else None for n, f in formats.items()}
 
     def _open_arrays(self) -> dict:
         import zarr

@@ -25,12 +25,15 @@ _EMPTY = np.iinfo(np.uint64).max  # offset and length of a chunk that was never 
 
 @dataclass(frozen=True)
 class ShardFormat:
-    """How to decode one array's shard objects: ``chunks`` one-sample chunks of ``sample``."""
+    """How to decode one array's objects: ``chunks`` one-sample chunks of ``sample`` in a
+    shard object (``w``, ``image``), or, when not ``sharded``, one plain zstd chunk of
+    ``chunks`` samples (``label``)."""
 
-    chunks: int  # chunks per shard object (the layout's shard size)
-    sample: tuple[int, ...]  # one chunk's shape without its leading 1
+    chunks: int  # samples per object (the layout's shard size)
+    sample: tuple[int, ...]  # one sample's shape
     dtype: np.dtype  # little-endian
     fill_value: object
+    sharded: bool = True
 
     @classmethod
     def of(cls, array) -> ShardFormat | None:
@@ -39,26 +42,30 @@ class ShardFormat:
         from zarr.codecs.bytes import Endian
         from zarr.codecs.sharding import ShardingCodecIndexLocation
 
-        codecs = array.metadata.codecs if array.metadata.zarr_format == 3 else ()
+        little = lambda c: isinstance(c, BytesCodec) and c.endian in (None, Endian.little)  # noqa: E731
+        zstd_bytes = lambda cs: len(cs) == 2 and little(cs[0]) and isinstance(cs[1], ZstdCodec)  # noqa: E731
+        codecs = tuple(array.metadata.codecs) if array.metadata.zarr_format == 3 else ()
+        sample, dtype = tuple(array.shape[1:]), np.dtype(array.dtype).newbyteorder("<")
+        if zstd_bytes(codecs) and tuple(array.chunks[1:]) == sample:
+            return cls(array.chunks[0], sample, dtype, array.fill_value, sharded=False)
         if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
             return None
         sharding = codecs[0]
-        inner, index = sharding.codecs, sharding.index_codecs
-        little = lambda c: isinstance(c, BytesCodec) and c.endian in (None, Endian.little)  # noqa: E731
+        index = sharding.index_codecs
         if not (
-            len(inner) == 2 and little(inner[0]) and isinstance(inner[1], ZstdCodec)
+            zstd_bytes(sharding.codecs)
             and len(index) == 2 and little(index[0]) and isinstance(index[1], Crc32cCodec)
             and sharding.index_location == ShardingCodecIndexLocation.end
-            and sharding.chunk_shape[0] == 1
-            and tuple(sharding.chunk_shape[1:]) == tuple(array.shape[1:])
+            and tuple(sharding.chunk_shape) == (1, *sample)
         ):  # fmt: skip
             return None
-        dtype = np.dtype(array.dtype).newbyteorder("<")
-        return cls(array.shards[0], tuple(array.shape[1:]), dtype, array.fill_value)
+        return cls(array.shards[0], sample, dtype, array.fill_value)
 
 
 def decode_shard(blob: bytes, fmt: ShardFormat, count: int) -> np.ndarray:
     """The first ``count`` samples [count, *sample] of one shard object."""
+    if not fmt.sharded:
+        return _decode_plain(blob, fmt, count)
     index_size = 16 * fmt.chunks + 4
     if len(blob) < index_size:
         raise ValueError(f"shard object of {len(blob)} bytes is shorter than its index")
@@ -92,3 +99,15 @@ def decode_shard(blob: bytes, fmt: ShardFormat, count: int) -> np.ndarray:
         raise ValueError(f"chunks decode to {len(raw)} bytes, expected {len(frames) * chunk_bytes}")
     out[written] = np.frombuffer(raw, dtype=fmt.dtype).reshape(len(frames), *fmt.sample)
     return out
+
+
+def _decode_plain(blob: bytes, fmt: ShardFormat, count: int) -> np.ndarray:
+    """One zstd chunk of ``fmt.chunks`` samples (a short last shard is padded to full size)."""
+    size = fmt.chunks * int(np.prod(fmt.sample, dtype=np.int64)) * fmt.dtype.itemsize
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(blob, max_output_size=size)
+    except zstandard.ZstdError as exc:
+        raise ValueError(f"zstd: {exc}") from None
+    if len(raw) != size:
+        raise ValueError(f"chunk decodes to {len(raw)} bytes, expected {size}")
+    return np.frombuffer(raw, dtype=fmt.dtype).reshape(fmt.chunks, *fmt.sample)[:count].copy()

@@ -42,10 +42,25 @@ def test_decodes_what_zarr_reads_including_unwritten_chunks_and_a_short_shard(tm
     assert (decode_shard(_objects(root, 1), fmt, 4)[[0, 2, 3]] == 7).all()
 
 
+def test_plain_one_chunk_per_shard_arrays_decode_like_zarr(tmp_path):
+    root = tmp_path / "labels.zarr"
+    labels = zarr.create_array(str(root), shape=(10,), chunks=(4,), dtype="int64", fill_value=0)
+    labels[:] = np.arange(10) * 3 - 7
+    fmt = ShardFormat.of(labels)
+    assert fmt is not None and not fmt.sharded and fmt.chunks == 4
+    for shard, (a, b) in enumerate([(0, 4), (4, 8), (8, 10)]):
+        got = decode_shard((root / "c" / str(shard)).read_bytes(), fmt, b - a)
+        np.testing.assert_array_equal(got, labels[a:b])
+    with pytest.raises(ValueError, match="zstd"):
+        decode_shard(b"not zstd", fmt, 4)
+
+
 def test_other_codecs_and_chunkings_are_left_to_zarr(tmp_path):
     blosc, _ = _array(tmp_path, compressors=BloscCodec())
     assert ShardFormat.of(blosc) is None
-    plain = zarr.create_array(str(tmp_path / "p.zarr"), shape=SHAPE, chunks=SHARD, dtype="f4")
+    plain = zarr.create_array(
+        str(tmp_path / "p.zarr"), shape=SHAPE, chunks=SHARD, dtype="f4", compressors=BloscCodec()
+    )
     assert ShardFormat.of(plain) is None
     two = zarr.create_array(
         str(tmp_path / "t.zarr"), shape=SHAPE, chunks=(2, 3, 5), shards=SHARD, dtype="f4"
