@@ -25,8 +25,9 @@ The epoch's sample order (a deterministic function of the seed and the epoch):
 3. **Shuffle buffer** (per worker, ``default_rng([seed, epoch, rank, worker])``): each shard
    piece is appended to a pool of at most ``buffer_size`` samples; when the pool exceeds
    the buffer, a random permutation of the pool emits the surplus and keeps the rest; at the
-   end of the span the pool drains in random order. Memory is the buffer plus the shards in
-   flight (current + ``prefetch``), independent of the store size. ``buffer_size=0`` or
+   end of the span the pool drains in random order (``training/shuffle.py`` does this with
+   one copy in and one out per sample). Memory is the buffer plus the shards in flight
+   (current + ``prefetch``), independent of the store size. ``buffer_size=0`` or
    ``shuffle=False`` gives the plain span order (shards still permuted when shuffling).
 4. **Batches**: the worker cuts its output into batches of ``batch_size`` (its last one may
    be short). With ``W`` workers the DataLoader returns workers' batches round-robin.
@@ -38,7 +39,8 @@ each worker (``observe`` counts them from the ``worker`` field of each batch). A
 sample: the resumed run sees exactly the samples the interrupted one had not consumed, in the
 same order. World size, worker count, batch size, buffer size and seed must match the state.
 
-A background thread reads the next ``prefetch`` shards while the current one is consumed.
+Background threads read the next ``prefetch`` shards while the current one is consumed
+(``Store.read_arrays`` decodes outside the GIL, so they overlap the training loop).
 Only the arrays are read (``w``, ``label`` and ``image`` when the store has it): never the
 Parquet index, whose size grows with the store.
 """
@@ -301,7 +303,8 @@ class StreamLoader:
 
 
 class _ShardReader:
-    """Whole-shard reads of the arrays, one background thread reading ahead."""
+    """Whole-shard reads of the arrays, up to ``prefetch`` shards read ahead in threads (the
+    decode runs outside the GIL, so they overlap the training loop and each other)."""
 
     def __init__(self, store: Store, with_images: bool, prefetch: int) -> None:
         self.names = ("w", "label", "image") if with_images else ("w", "label")
