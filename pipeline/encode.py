@@ -85,9 +85,9 @@ def _positive(text: str) -> int:
     return value
 
 
-def _runs_here(beam_args: list[str]) -> bool:
+def _runs_here(options: PipelineOptions) -> bool:
     """Whether the workers run on this machine (the local runners), so its devices matter."""
-    runner = PipelineOptions(beam_args).get_all_options()["runner"] or "FnApiRunner"
+    runner = options.get_all_options()["runner"]
     return runner.rsplit(".", 1)[-1] in ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner")
 
 
@@ -120,7 +120,8 @@ def plan_store(args, listing: Listing, G, num_accepted: int) -> tuple[Layout, Pr
 
 def run(argv: list[str] | None = None) -> dict:
     args, beam_args = build_parser().parse_known_args(argv)
-    if _runs_here(beam_args):  # a Dataflow launcher has no GPU of its own; its workers check
+    options = beam_options(beam_args)
+    if _runs_here(options):  # a Dataflow launcher has no GPU of its own; its workers check
         resolve_device(args.device)
     storage_options = dict(parse_storage_option(text) for text in args.storage_option)
     G = load_generator(local_copy(args.generator, storage_options))
@@ -167,7 +168,7 @@ def run(argv: list[str] | None = None) -> dict:
         StoreWriter.open(args.output, storage_options).commit()
         return args.output
 
-    with beam.Pipeline(options=beam_options(beam_args)) as pipeline:
+    with beam.Pipeline(options=options) as pipeline:
         decoded = (
             pipeline
             | "List" >> beam.Create(listing.refs, reshuffle=True)
