@@ -118,6 +118,13 @@ def normalize_2nd_moment(x: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
     return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
 
 
+def demodulation(weight: Tensor, styles: Tensor) -> Tensor:
+    """[B, O] coefficients that give every output channel of the modulated weight unit norm."""
+    # sum_{i,k} (w[o,i,k] * s[b,i])^2 = sum_i s[b,i]^2 * (sum_k w[o,i,k]^2)
+    wsq = weight.square().sum(dim=[2, 3])  # [O, I]
+    return (styles.square() @ wsq.t() + 1e-8).rsqrt()
+
+
 def modulated_conv2d(
     x: Tensor,  # [B, I, H, W]
     weight: Tensor,  # [O, I, kh, kw]
@@ -129,17 +136,10 @@ def modulated_conv2d(
     """StyleGAN2 modulated convolution; non-grouped by default (same result as grouped)."""
     batch, in_ch, height, width = x.shape
     out_ch, _, kh, kw = weight.shape
-    dcoefs = None
-    if demodulate:
-        # sum_{i,k} (w[o,i,k] * s[b,i])^2 = sum_i s[b,i]^2 * (sum_k w[o,i,k]^2)
-        wsq = weight.square().sum(dim=[2, 3])  # [O, I]
-        dcoefs = (styles.square() @ wsq.t() + 1e-8).rsqrt()  # [B, O]
+    dcoefs = demodulation(weight, styles) if demodulate else None
     if not grouped:
-        x = x * styles[:, :, None, None]
-        x = F.conv2d(x, weight, padding=padding)
-        if dcoefs is not None:
-            x = x * dcoefs[:, :, None, None]
-        return x
+        x = F.conv2d(x * styles[:, :, None, None], weight, padding=padding)
+        return x if dcoefs is None else x * dcoefs[:, :, None, None]
     w = weight[None] * styles[:, None, :, None, None]  # [B, O, I, kh, kw]
     if dcoefs is not None:
         w = w * dcoefs[:, :, None, None, None]
@@ -226,15 +226,25 @@ class SynthesisLayer(nn.Module):
         styles = self.affine(w)  # [B, I]
         if self.up:
             x = upsample2x(x)
-        x = modulated_conv2d(x, self.weight, styles, padding=1, grouped=self.grouped)
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False, padding=1,
+                             grouped=self.grouped)  # fmt: skip
+        # Demodulation, noise, bias and the activation gain as one fused multiply-add
+        # (lrelu(v) * g == lrelu(v * g) for g > 0), then the activation in place: the
+        # elementwise passes over [B, O, H, W] dominate these small layers on a CPU.
+        scale = demodulation(self.weight, styles)[:, :, None, None] * LRELU_GAIN
+        x = torch.addcmul(self.offset(x, noise_mode), x, scale)
+        return F.leaky_relu_(x, 0.2)
+
+    def offset(self, x: Tensor, noise_mode: str) -> Tensor:
+        """(noise * strength + bias) * gain: [O, H, W], or [B, O, H, W] for random noise."""
+        bias = self.bias[:, None, None]
         if noise_mode == "random":
             res = self.resolution
             noise = torch.randn([x.shape[0], 1, res, res], device=x.device, dtype=x.dtype)
-            x = x + noise * self.noise_strength
-        elif noise_mode == "const":
-            x = x + self.noise_const * self.noise_strength
-        x = x + self.bias[None, :, None, None]
-        return F.leaky_relu(x, 0.2) * LRELU_GAIN
+            return (noise * self.noise_strength + bias) * LRELU_GAIN
+        if noise_mode == "const":
+            return (self.noise_const * self.noise_strength + bias) * LRELU_GAIN
+        return bias * LRELU_GAIN
 
 
 class ToRGBLayer(nn.Module):
@@ -274,22 +284,23 @@ class SynthesisBlock(nn.Module):
         self.num_conv = 1 if self.is_first else 2
         self.num_torgb = 1
 
-    def forward(
-        self,
-        x: Tensor | None,
-        img: Tensor | None,
-        ws: Tensor,
-        noise_mode: str,
-        conv0_done: bool = False,
-    ) -> tuple[Tensor, Tensor]:
-        # ws: [B, num_conv + num_torgb, w_dim]; conv0_done: x is already conv0's output
-        if self.is_first:
+    def layers(self) -> list[SynthesisLayer]:
+        """The block's convolutions in order; layer ``j`` reads the block's style ``j``."""
+        return [self.conv1] if self.is_first else [self.conv0, self.conv1]
+
+    def convs(self, x: Tensor | None, ws: Tensor, noise_mode: str, start: int, stop: int) -> Tensor:
+        """Run convolutions ``start..stop-1`` on ``x`` (ws: the block's styles [B, >=stop, D])."""
+        if self.is_first and start == 0:
             x = self.const.unsqueeze(0).expand(ws.shape[0], -1, -1, -1)
-            x = self.conv1(x, ws[:, 0], noise_mode)
-        else:
-            if not conv0_done:
-                x = self.conv0(x, ws[:, 0], noise_mode)
-            x = self.conv1(x, ws[:, 1], noise_mode)
+        for j, layer in enumerate(self.layers()[start:stop], start):
+            x = layer(x, ws[:, j], noise_mode)
+        return x
+
+    def forward(
+        self, x: Tensor | None, img: Tensor | None, ws: Tensor, noise_mode: str, convs_done: int = 0
+    ) -> tuple[Tensor, Tensor]:
+        # ws: [B, num_conv + num_torgb, w_dim]; convs_done: x is the output of that many convs
+        x = self.convs(x, ws, noise_mode, convs_done, self.num_conv)
         y = self.torgb(x, ws[:, self.num_conv])
         img = y if img is None else upsample2x(img) + y
         return x, img
@@ -320,23 +331,23 @@ class SynthesisNetwork(nn.Module):
         k, x, img, w_idx = ws_coarse.shape[1], None, None, 0
         for i, block in enumerate(self.blocks):
             n = block.num_conv + block.num_torgb
-            if w_idx + n > k:  # this block reads a fine style: stop inside or before it
-                conv0_done = not block.is_first and w_idx < k
-                if conv0_done:
-                    x = block.conv0(x, ws_coarse[:, w_idx], noise_mode)
-                return CoarseActivations(ws_coarse, x, img, i, w_idx, conv0_done, noise_mode)
+            if w_idx + n > k:  # a layer of this block reads a fine style: stop at the first one
+                done = min(block.num_conv, k - w_idx)
+                x = block.convs(x, ws_coarse[:, w_idx:], noise_mode, 0, done)
+                return CoarseActivations(ws_coarse, x, img, i, w_idx, done, noise_mode)
             x, img = block(x, img, ws_coarse[:, w_idx : w_idx + n], noise_mode)
             w_idx += block.num_conv
         raise ValueError(f"k must be below num_ws = {self.num_ws}, got {k}")
 
     def fine(self, state: CoarseActivations, ws_fine: Tensor) -> Tensor:
-        """Finish the images of ``state`` with the fine styles ``ws_fine`` [B, num_ws - k, D]."""
+        """Finish the images of ``state`` with the fine styles ``ws_fine`` [B, num_ws - k, D];
+        only layers that read ``ws_fine`` run, so gradients flow to nothing else."""
         ws = torch.cat([state.ws_coarse.to(ws_fine.dtype), ws_fine], dim=1)
         x, img, w_idx = state.x, state.img, state.w_idx
         for i, block in enumerate(self.blocks[state.block :]):
             n = block.num_conv + block.num_torgb
-            conv0_done = state.conv0_done and i == 0
-            x, img = block(x, img, ws[:, w_idx : w_idx + n], state.noise_mode, conv0_done)
+            done = state.convs_done if i == 0 else 0
+            x, img = block(x, img, ws[:, w_idx : w_idx + n], state.noise_mode, done)
             w_idx += block.num_conv
         return img
 
@@ -346,11 +357,11 @@ class CoarseActivations:
     """Synthesis paused before the first layer that reads a fine style (``synthesis_coarse``)."""
 
     ws_coarse: Tensor  # [B, k, w_dim]
-    x: Tensor | None  # features entering block ``block`` (after its conv0 if ``conv0_done``)
-    img: Tensor | None  # skip image so far
+    x: Tensor | None  # features of block ``block`` after its first ``convs_done`` convolutions
+    img: Tensor | None  # skip image of the blocks before ``block``
     block: int  # index of the block to continue with
     w_idx: int  # style index of that block's first layer
-    conv0_done: bool
+    convs_done: int  # 0 .. that block's num_conv (all done: only its toRGB reads a fine style)
     noise_mode: str
 
     def select(self, idx: Tensor) -> CoarseActivations:

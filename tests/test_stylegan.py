@@ -95,6 +95,27 @@ def test_coarse_then_fine_synthesis_is_exactly_synthesis(noise_mode):
             assert torch.equal(picked, whole[[2, 0]]), k
 
 
+def test_fine_synthesis_runs_only_the_layers_that_read_a_fine_style():
+    # Every AdvMix ascent iterate pays for what synthesis_fine runs: no coarse layer may rerun.
+    G = tiny()
+    style_of = {}
+    w_idx = 0
+    for block in G.synthesis_net.blocks:
+        for j, layer in enumerate(block.layers()):
+            style_of[layer] = w_idx + j
+        style_of[block.torgb] = w_idx + block.num_conv
+        w_idx += block.num_conv
+    ran = []
+    for layer in style_of:
+        layer.register_forward_hook(lambda module, inputs, output: ran.append(module))
+    ws = G.mapping(torch.randn(2, 16))
+    for k in range(1, G.num_ws):
+        state = G.synthesis_coarse(ws[:, :k])
+        ran.clear()
+        G.synthesis_fine(state, ws[:, k:])
+        assert sorted(style_of[m] for m in ran) == sorted(i for i in style_of.values() if i >= k)
+
+
 def test_fine_synthesis_differentiates_the_fine_styles_only_and_checks_shapes():
     G = tiny().requires_grad_(False)
     ws = G.mapping(torch.randn(2, 16))
