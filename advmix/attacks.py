@@ -13,6 +13,8 @@ line 7 is a typo). Every iterate, the start included, is decoded with
 ``G.synthesis_coarse``) and checked with the 0-1 loss: the first misclassified mix
 of an example is kept and that example stops ascending (and leaves the batch, which is where
 early stopping saves compute); an example never misclassified keeps its highest-loss mix.
+The bookkeeping is gathers and index writes, so on a GPU the only host sync of an iterate is
+the count of examples that go on (none without early stop).
 The start of restart ``r`` is exactly the RandMix sample drawn from the same random stream,
 so AdvMix fools a classifier at least wherever RandMix does.
 
@@ -215,34 +217,33 @@ def advmix(
         raise ValueError("steps must be >= 0 and restarts >= 1")
     batch, device = len(w), w.device
     w = w.detach().to(torch.float32)
-    best_ws = w.clone()
+    best_fine = w[:, k:].clone()  # the kept mix's styles are cat([w[:, :k], best_fine])
     best_images = torch.zeros((batch, G.cfg.img_channels, G.cfg.resolution, G.cfg.resolution),
                               device=device)  # fmt: skip
     best_loss = torch.full((batch,), -math.inf, device=device)
     fooled = torch.zeros(batch, dtype=torch.bool, device=device)
     evaluations = 0
 
-    def record(idx: Tensor, ws: Tensor, images: Tensor, logits: Tensor, loss: Tensor) -> Tensor:
-        """Keep first misclassified / highest-loss mixes; returns the newly fooled mask."""
-        wrong = logits.argmax(dim=1) != y[idx]
-        new_fool = wrong & ~fooled[idx]
-        better = ~fooled[idx] & (new_fool | (loss > best_loss[idx]))
-        sel = idx[better]
-        best_ws[sel] = ws[better].detach()
-        best_images[sel] = images[better].detach()
-        best_loss[sel] = loss[better].detach()
-        fooled[idx[new_fool]] = True
-        return wrong
+    def record(idx: Tensor, fine: Tensor, images: Tensor, wrong: Tensor, loss: Tensor) -> None:
+        """Keep the first misclassified / highest-loss mix of the examples ``idx``."""
+        # Gathers and index writes with ``idx`` only: no host sync on a GPU.
+        was_fooled = fooled[idx]
+        better = ~was_fooled & (wrong | (loss > best_loss[idx]))
+        best_loss[idx] = torch.where(better, loss.detach(), best_loss[idx])
+        best_fine[idx] = torch.where(better[:, None, None], fine.detach(), best_fine[idx])
+        best_images[idx] = torch.where(better[:, None, None, None], images.detach(),
+                                       best_images[idx])  # fmt: skip
+        fooled[idx] = was_fooled | wrong
 
     with torch.no_grad():  # the content of every mix: computed once, not per iterate
         coarse = G.synthesis_coarse(w[:, :k], noise_mode="const")
     with _EvalMode(model), torch.enable_grad():
         for _ in range(restarts):
-            idx = torch.nonzero(~fooled).flatten()
             z = _randn((batch, G.z_dim), generator, device)  # drawn for all: same stream
+            idx = torch.nonzero(~fooled).flatten()
             if len(idx) == 0:
                 break
-            z, state = z[idx], coarse.select(idx)
+            z, state, y_idx = z[idx], coarse.select(idx), y[idx]
             if style_set.kind == "z":
                 cur = z.clone().requires_grad_(True)
                 start = None
@@ -252,17 +253,18 @@ def advmix(
                 cur = start.clone().requires_grad_(True)
             for step in range(steps + 1):
                 fine = G.mapping(cur)[:, k:] if style_set.kind == "z" else cur
-                ws = torch.cat([w[idx, :k], fine], dim=1)
                 images = to_unit(G.synthesis_fine(state, fine))
                 logits = model(images)
-                loss = F.cross_entropy(logits, y[idx], reduction="none")
+                loss = F.cross_entropy(logits, y_idx, reduction="none")
+                wrong = logits.argmax(dim=1) != y_idx
                 evaluations += len(idx)
-                wrong = record(idx, ws, images, logits, loss)
+                record(idx, fine, images, wrong, loss)
                 if step == steps:
                     break
-                keep = ~wrong if early_stop else torch.ones_like(wrong)
-                if not keep.any():
-                    break
+                if early_stop:  # the one host sync of an iterate: who goes on
+                    keep = torch.nonzero(~wrong).flatten()
+                    if len(keep) == 0:
+                        break
                 (grad,) = torch.autograd.grad(loss.sum(), cur)
                 with torch.no_grad():
                     if style_set.kind == "z":
@@ -270,10 +272,12 @@ def advmix(
                         nxt = cur + step_size * math.sqrt(G.z_dim) * grad / norm
                     else:
                         nxt = style_set.project(style_set.step(cur, grad, step_size), start)
+                if early_stop and len(keep) < len(idx):
                     nxt, idx, state = nxt[keep], idx[keep], state.select(keep)
-                    if start is not None:
-                        start = start[keep]
+                    y_idx = y_idx[keep]
+                    start = None if start is None else start[keep]
                 cur = nxt.detach().requires_grad_(True)
+    best_ws = torch.cat([w[:, :k], best_fine], dim=1)
     return AttackResult(best_images.detach(), best_ws, fooled, best_loss, evaluations)
 
 

@@ -8,6 +8,7 @@ from torch import nn
 from advmix import attacks
 from advmix.classifiers import SmallCNN
 from advmix.stylegan import Generator, GeneratorConfig
+from benchmarks.op_count import OpCounter
 
 K = 4
 
@@ -118,6 +119,32 @@ def test_early_stop_freezes_successful_examples(G):
     )  # fmt: skip
     assert unstopped.evaluations == len(y) * (steps + 1)
     assert torch.equal(unstopped.ws[fooled], rand_ws[fooled])  # still the first success
+
+
+def test_advmix_waits_for_the_device_at_most_once_per_iterate(G, toy):
+    # On a GPU every host sync stalls the launch queue; early stopping needs one per iterate
+    # (how many examples go on), the rest of the bookkeeping none.
+    model, w, y = toy
+    ball = attacks.FineStyleSet.fit(G, K, "ball", samples=2000)
+    steps, restarts = 5, 2
+    for early_stop in (True, False):
+        with OpCounter() as count:
+            result = attacks.advmix(
+                model, G, w, y, K, ball, steps=steps, restarts=restarts, early_stop=early_stop,
+                generator=torch.Generator().manual_seed(7),
+            )  # fmt: skip
+        # one nonzero per restart (who is left) and, with early stop, one per ascent step
+        bound = restarts + (restarts * steps if early_stop else 0)
+        assert count.syncs <= bound, (early_stop, count.syncs)
+        assert result.evaluations > 0
+
+
+def test_op_counter_counts_syncs_and_skips_views():
+    x = torch.arange(6.0)
+    with OpCounter() as count:
+        x.view(2, 3), x[1:], (x > 2).nonzero(), x[x > 2], float(x.sum()), x * 2
+    assert count.syncs == 3  # nonzero, boolean-mask indexing, .item()
+    assert count.ops == count.by_name.total() and "aten::view" not in count.by_name
 
 
 def test_z_space_attack_runs_on_the_manifold(G, toy):
