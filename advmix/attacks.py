@@ -185,7 +185,7 @@ class AttackResult:
     ws: Tensor  # [B, L, D]: its styles
     fooled: Tensor  # [B] bool: the kept mix is misclassified
     loss: Tensor  # [B] cross-entropy of the kept mix
-    evaluations: int = 0  # images decoded and classified (the attack's cost)
+    evaluations: int = 0  # mixes decoded and checked: 1 .. (K + 1) * restarts each
 
 
 @torch.no_grad()
@@ -196,6 +196,12 @@ def randmix(
     fine = sample_fine(G, k, len(w), generator)
     ws = torch.cat([w[:, :k], fine], dim=1)
     return to_unit(G.synthesis(ws, noise_mode="const")), ws
+
+
+def _rows(rows: Tensor, cur: Tensor, idx: Tensor, state, y_idx: Tensor, start: Tensor | None):
+    """The per-example state of an ascent restricted to the examples ``rows``."""
+    start = None if start is None else start[rows]
+    return cur[rows], idx[rows], state.select(rows), y_idx[rows], start
 
 
 def advmix(
@@ -237,6 +243,14 @@ def advmix(
 
     with torch.no_grad():  # the content of every mix: computed once, not per iterate
         coarse = G.synthesis_coarse(w[:, :k], noise_mode="const")
+
+    def losses(cur: Tensor, state, y_idx: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(fine styles, images, logits, per-example cross-entropy) of the iterate ``cur``."""
+        fine = G.mapping(cur)[:, k:] if style_set.kind == "z" else cur
+        images = to_unit(G.synthesis_fine(state, fine))
+        logits = model(images)
+        return fine, images, logits, F.cross_entropy(logits, y_idx, reduction="none")
+
     with _EvalMode(model), torch.enable_grad():
         for _ in range(restarts):
             z = _randn((batch, G.z_dim), generator, device)  # drawn for all: same stream
@@ -252,19 +266,26 @@ def advmix(
                     start = G.mapping(z)[:, k:]
                 cur = start.clone().requires_grad_(True)
             for step in range(steps + 1):
-                fine = G.mapping(cur)[:, k:] if style_set.kind == "z" else cur
-                images = to_unit(G.synthesis_fine(state, fine))
-                logits = model(images)
-                loss = F.cross_entropy(logits, y_idx, reduction="none")
+                fine, images, logits, loss = losses(cur, state, y_idx)
                 wrong = logits.argmax(dim=1) != y_idx
                 evaluations += len(idx)
                 record(idx, fine, images, wrong, loss)
                 if step == steps:
                     break
-                if early_stop:  # the one host sync of an iterate: who goes on
-                    keep = torch.nonzero(~wrong).flatten()
-                    if len(keep) == 0:
+                rows = None  # the examples that go on, when not all of them
+                if early_stop:
+                    rows = torch.nonzero(~wrong).flatten()  # the one host sync of an iterate
+                    if len(rows) == 0:
                         break
+                    rows = rows if len(rows) < len(idx) else None
+                if rows is not None and 2 * len(rows) <= len(idx):
+                    # Few go on: their forward pass again costs less than a backward pass
+                    # through the whole batch (about twice a forward).
+                    cur, idx, state, y_idx, start = _rows(rows, cur.detach(), idx, state, y_idx,
+                                                          start)  # fmt: skip
+                    cur.requires_grad_(True)
+                    loss = losses(cur, state, y_idx)[-1]
+                    rows = None
                 (grad,) = torch.autograd.grad(loss.sum(), cur)
                 with torch.no_grad():
                     if style_set.kind == "z":
@@ -272,10 +293,8 @@ def advmix(
                         nxt = cur + step_size * math.sqrt(G.z_dim) * grad / norm
                     else:
                         nxt = style_set.project(style_set.step(cur, grad, step_size), start)
-                if early_stop and len(keep) < len(idx):
-                    nxt, idx, state = nxt[keep], idx[keep], state.select(keep)
-                    y_idx = y_idx[keep]
-                    start = None if start is None else start[keep]
+                if rows is not None:
+                    nxt, idx, state, y_idx, start = _rows(rows, nxt, idx, state, y_idx, start)
                 cur = nxt.detach().requires_grad_(True)
     best_ws = torch.cat([w[:, :k], best_fine], dim=1)
     return AttackResult(best_images.detach(), best_ws, fooled, best_loss, evaluations)

@@ -121,6 +121,27 @@ def test_early_stop_freezes_successful_examples(G):
     assert torch.equal(unstopped.ws[fooled], rand_ws[fooled])  # still the first success
 
 
+@pytest.mark.parametrize("kind", attacks.PROJECTIONS)
+def test_early_stop_changes_the_cost_not_the_result(G, toy, kind):
+    # Early stop drops fooled examples from the ascent (redoing the forward pass of the few
+    # that go on when fewer than half do); per-example independence makes the kept mixes
+    # those of the full ascent.
+    model, w, y = toy
+    style_set = attacks.FineStyleSet.fit(G, K, kind, samples=2000)
+    runs = [
+        attacks.advmix(
+            model, G, w, y, K, style_set, steps=5, restarts=2, early_stop=early_stop,
+            generator=torch.Generator().manual_seed(5),
+        )  # fmt: skip
+        for early_stop in (True, False)
+    ]
+    stopped, full = runs
+    assert torch.equal(stopped.fooled, full.fooled) and int(full.fooled.sum()) > 0
+    assert torch.allclose(stopped.ws, full.ws, atol=1e-4)
+    assert torch.allclose(stopped.images, full.images, atol=1e-4)
+    assert stopped.evaluations < full.evaluations / 2
+
+
 def test_advmix_waits_for_the_device_at_most_once_per_iterate(G, toy):
     # On a GPU every host sync stalls the launch queue; early stopping needs one per iterate
     # (how many examples go on), the rest of the bookkeeping none.
