@@ -130,7 +130,15 @@ def test_early_stop_changes_the_cost_not_the_result(G, toy, kind):
     style_set = attacks.FineStyleSet.fit(G, K, kind, samples=2000)
     runs = [
         attacks.advmix(
-            model, G, w, y, K, style_set, steps=5, restarts=2, early_stop=early_stop,
+            model,
+            G,
+            w,
+            y,
+            K,
+            style_set,
+            steps=5,
+            restarts=2,
+            early_stop=early_stop,
             generator=torch.Generator().manual_seed(5),
         )  # fmt: skip
         for early_stop in (True, False)
