@@ -128,22 +128,13 @@ def test_early_stop_changes_the_cost_not_the_result(G, toy, kind):
     # those of the full ascent.
     model, w, y = toy
     style_set = attacks.FineStyleSet.fit(G, K, kind, samples=2000)
-    runs = [
-        attacks.advmix(
-            model,
-            G,
-            w,
-            y,
-            K,
-            style_set,
-            steps=5,
-            restarts=2,
-            early_stop=early_stop,
-            generator=torch.Generator().manual_seed(5),
-        )  # fmt: skip
-        for early_stop in (True, False)
-    ]
-    stopped, full = runs
+
+    def attack(early_stop: bool) -> attacks.AttackResult:
+        gen = torch.Generator().manual_seed(5)
+        return attacks.advmix(model, G, w, y, K, style_set, steps=5, restarts=2,
+                              early_stop=early_stop, generator=gen)  # fmt: skip
+
+    stopped, full = attack(True), attack(False)
     assert torch.equal(stopped.fooled, full.fooled) and int(full.fooled.sum()) > 0
     assert torch.allclose(stopped.ws, full.ws, atol=1e-4)
     assert torch.allclose(stopped.images, full.images, atol=1e-4)
