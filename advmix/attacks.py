@@ -14,7 +14,8 @@ line 7 is a typo). Every iterate, the start included, is decoded with
 of an example is kept and that example stops ascending (and leaves the batch, which is where
 early stopping saves compute); an example never misclassified keeps its highest-loss mix.
 The bookkeeping is gathers and index writes, so on a GPU the only host sync of an iterate is
-the count of examples that go on (none without early stop).
+the count of examples that go on (none without early stop). On a CPU, when fewer than half go
+on, their forward pass is redone instead of backpropagating through the whole batch.
 The start of restart ``r`` is exactly the RandMix sample drawn from the same random stream,
 so AdvMix fools a classifier at least wherever RandMix does.
 
@@ -278,9 +279,10 @@ def advmix(
                     if len(rows) == 0:
                         break
                     rows = rows if len(rows) < len(idx) else None
-                if rows is not None and 2 * len(rows) <= len(idx):
-                    # Few go on: their forward pass again costs less than a backward pass
-                    # through the whole batch (about twice a forward).
+                if rows is not None and 2 * len(rows) <= len(idx) and device.type == "cpu":
+                    # Few go on: on a CPU (compute-bound) their forward pass again costs less
+                    # than a backward pass through the whole batch (about two forwards). A GPU
+                    # at these sizes is launch-bound: the extra pass would only add launches.
                     cur, idx, state, y_idx, start = _rows(rows, cur.detach(), idx, state, y_idx,
                                                           start)  # fmt: skip
                     cur.requires_grad_(True)

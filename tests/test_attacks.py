@@ -123,9 +123,9 @@ def test_early_stop_freezes_successful_examples(G):
 
 @pytest.mark.parametrize("kind", attacks.PROJECTIONS)
 def test_early_stop_changes_the_cost_not_the_result(G, toy, kind):
-    # Early stop drops fooled examples from the ascent (redoing the forward pass of the few
-    # that go on when fewer than half do); per-example independence makes the kept mixes
-    # those of the full ascent.
+    # Early stop drops fooled examples from the ascent (on a CPU, redoing the forward pass of
+    # the few that go on when fewer than half do); per-example independence makes the kept
+    # mixes those of the full ascent.
     model, w, y = toy
     style_set = attacks.FineStyleSet.fit(G, K, kind, samples=2000)
 
