@@ -234,9 +234,9 @@ def advmix(
     def record(idx: Tensor, fine: Tensor, images: Tensor, wrong: Tensor, loss: Tensor) -> None:
         """Keep the first misclassified / highest-loss mix of the examples ``idx``."""
         # Gathers and index writes with ``idx`` only: no host sync on a GPU.
-        was_fooled = fooled[idx]
-        better = ~was_fooled & (wrong | (loss > best_loss[idx]))
-        best_loss[idx] = torch.where(better, loss.detach(), best_loss[idx])
+        was_fooled, kept_loss = fooled[idx], best_loss[idx]
+        better = ~was_fooled & (wrong | (loss > kept_loss))
+        best_loss[idx] = torch.where(better, loss.detach(), kept_loss)
         best_fine[idx] = torch.where(better[:, None, None], fine.detach(), best_fine[idx])
         best_images[idx] = torch.where(better[:, None, None, None], images.detach(),
                                        best_images[idx])  # fmt: skip

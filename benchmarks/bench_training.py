@@ -269,11 +269,9 @@ def measure_attack_cost(
         input_s = min(stream_s() for _ in range(repeats))
     nominal_s = seconds["nominal"]
     out["input_only_epoch_s"] = round(input_s, 2)
-    for name, secs in seconds.items():
-        out[f"{name}_epoch_s"] = round(secs, 2)
-    for name, secs in seconds.items():
-        if name != "nominal":
-            out[f"{name}_vs_nominal"] = round(secs / nominal_s, 2)
+    out |= {f"{name}_epoch_s": round(secs, 2) for name, secs in seconds.items()}
+    out |= {f"{name}_vs_nominal": round(secs / nominal_s, 2)
+            for name, secs in seconds.items() if name != "nominal"}  # fmt: skip
     out["per_step"] = ops
     out["target_advmix_vs_nominal"] = "<= 3"
     return out
