@@ -6,10 +6,12 @@ PY := $(VENV)/bin/python
 # e.g. TORCH_SPEC="torch torchvision --index-url https://download.pytorch.org/whl/cpu".
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
+# Full Fashion-MNIST, for the demo and the study (the tests read a committed subset).
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo reproduce test bench lint clean
+.PHONY: setup data demo reproduce test bench lint clean
 
-setup: $(STAMP)
+setup: $(STAMP) data
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,13 +20,26 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test,dev,s3,gcs]'
 	touch $(STAMP)
 
+# Fetch the full dataset where this machine can (as root with apt: the Debian package);
+# otherwise say in one line what to run. Never fails: `make test` does not need it.
+data:
+	@if [ -n "$$ADVMIX_DATA_ROOT" ] || ls $(FASHION_MNIST)/train-images-idx3-ubyte* >/dev/null 2>&1; then \
+	  true; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "fetching Fashion-MNIST: apt-get install dataset-fashion-mnist"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+	    || echo "could not install dataset-fashion-mnist: make demo needs it, make test does not"; \
+	else \
+	  echo "Fashion-MNIST not found: run 'sudo apt-get install dataset-fashion-mnist', or set ADVMIX_DATA_ROOT to a folder of its IDX files (make demo needs it, make test does not)"; \
+	fi
+
 demo: setup
-	$(PY) -m training.demo
+	$(PY) -m studies.demo
 
 # The full study behind docs/RESULTS.md (hours on a CPU; DEVICE=cuda where a GPU exists).
 DEVICE ?= cpu
 reproduce: setup
-	$(PY) -m training.reproduce --device $(DEVICE)
+	$(PY) -m studies.reproduce --device $(DEVICE)
 
 test: setup
 	$(PY) -m pytest -q
@@ -32,9 +47,11 @@ test: setup
 bench: setup
 	$(PY) -m benchmarks.run --out benchmarks/results.json
 
+# Style, and the layout's import rules (pyproject.toml [tool.importlinter]).
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) demo-out

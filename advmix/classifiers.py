@@ -1,10 +1,12 @@
 """Small image classifiers for 32x32 data, and their tensors-only checkpoints.
 
 ``SmallCNN`` is the default classifier of the project (evaluation of generators, and a small
-architecture for the robustness experiments). Inputs are float images in ``[0, 1]``,
-``[B, in_channels, H, W]``; ``features(x)`` is the penultimate representation (used for the
-FID-style distance in ``advmix gan evaluate``). In eval mode every image is independent of its
-batch-mates (BatchNorm uses running statistics).
+architecture for the robustness experiments). Inputs are RGB float images in ``[0, 1]``,
+``[B, 3, H, W]``; the network applies its own input mode (``gray-max``: the colour-blind
+oracle sees the max over the channels), so every caller passes the same images.
+``features(x)`` is the penultimate representation (used for the FID-style distance in
+``advmix gan evaluate``). In eval mode every image is independent of its batch-mates
+(BatchNorm uses running statistics).
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
-from advmix.stylegan import CheckpointError, _atomic_torch_save, safe_torch_load
+from advmix.checkpoints import CheckpointError, atomic_save, safe_load
 
 CLASSIFIER_FORMAT = "advmix-classifier"
 CLASSIFIER_VERSION = 1
@@ -77,10 +79,26 @@ class SmallCNN(nn.Module):
         return images
 
     def features(self, x: Tensor) -> Tensor:
-        return self.body(x * 2 - 1)
+        return self.body(self.prepare(x) * 2 - 1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
+
+
+def make_classifier(num_classes: int, width: int = 32, grayscale: bool = False) -> SmallCNN:
+    """A SmallCNN for RGB inputs, or the colour-blind one (``grayscale``: the oracle)."""
+    return SmallCNN(cfg=ClassifierConfig(
+        num_classes=num_classes, in_channels=1 if grayscale else 3, width=width,
+        input_mode="gray-max" if grayscale else "rgb",
+    ))  # fmt: skip
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images01: Tensor, batch: int = 500) -> Tensor:
+    """Predicted classes [N] of images in [0, 1], ``batch`` at a time."""
+    return torch.cat(
+        [model(images01[i : i + batch]).argmax(1) for i in range(0, len(images01), batch)]
+    )
 
 
 def save_classifier(model: SmallCNN, path, extra: dict | None = None) -> None:
@@ -91,12 +109,12 @@ def save_classifier(model: SmallCNN, path, extra: dict | None = None) -> None:
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "extra": json.dumps(extra or {}, sort_keys=True),
     }
-    _atomic_torch_save(payload, Path(path))
+    atomic_save(payload, path)
 
 
 def load_classifier(path, map_location="cpu") -> tuple[SmallCNN, dict]:
     """(model in eval mode, extra dict) from a ``save_classifier`` file."""
-    data = safe_torch_load(path, map_location=map_location, what="classifier checkpoint")
+    data = safe_load(path, map_location=map_location, what="classifier checkpoint")
     if not isinstance(data, dict) or data.get("format") != CLASSIFIER_FORMAT:
         raise CheckpointError(f"{path}: not an advmix classifier checkpoint")
     try:

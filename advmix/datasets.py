@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from torch import Tensor
 
 from advmix.errors import DataError
 from advmix.idx import read_idx
@@ -57,6 +58,7 @@ _FILES = {
 }
 _SPLIT_IDS = {"train": 0, "train-random": 1, "iid": 2, "random": 3, "swapped": 4}
 IMAGE_SIZE = 32
+FG_THRESHOLD = 0.25  # max-channel intensity above which a pixel is foreground
 
 
 @dataclass
@@ -177,3 +179,12 @@ def load(spec: DatasetSpec | str, data_root: str | None = None) -> ImageSet:
     names = FASHION_LABELS if spec.name == "cfmnist" else DIGIT_LABELS
     ids = [f"{spec.name}/{spec.split}/{i:06d}" for i in range(spec.offset, stop)]
     return ImageSet(colorize(gray, colors), labels, ids, names, str(spec))
+
+
+def foreground_colour(images01: Tensor) -> Tensor:
+    """Mean foreground colour [B, 3], normalised to max channel ~1 (intensity-weighted)."""
+    intensity = images01.amax(dim=1)  # [B, H, W]
+    mask = (intensity > FG_THRESHOLD).float()
+    num = (images01 * mask[:, None]).sum(dim=[2, 3])
+    den = (intensity * mask).sum(dim=[1, 2]).clamp_min(1e-6)[:, None]
+    return num / den

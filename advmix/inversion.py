@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from advmix.perceptual import VGGFeatures
-from advmix.stylegan import Generator
+from advmix.stylegan import Generator, resolve_k
 
 
 @dataclass
@@ -109,9 +109,7 @@ def invert(
     """Invert ``images`` [B, 3, H, W] in [-1, 1]; ``seeds`` (one per image) fix the mixing z."""
     device = next(G.parameters()).device
     batch = images.shape[0]
-    k = cfg.k if cfg.k is not None else G.cfg.k
-    if k is None or not 0 < k < G.num_ws:
-        raise ValueError(f"coarse/fine split k={k} must be in 1..{G.num_ws - 1}")
+    k = resolve_k(G, cfg.k)
     seeds = list(range(batch)) if seeds is None else list(seeds)
     target = images.to(device, torch.float32)
     with torch.no_grad():

@@ -3,7 +3,7 @@
 The network is torchvision's VGG16 up to conv3_2 (the only layers the loss reads). Weights:
 - ``imagenet``: torchvision's ImageNet weights (needs them cached or a network connection);
 - ``cfmnist``: the trunk the project trains on Colored Fashion-MNIST and ships in
-  ``advmix/assets`` (``python -m training.train_features``; see docs/model-card-features.md);
+  ``advmix/assets`` (``python -m gan.features``; see docs/model-card-features.md);
 - a path or fsspec URL to a state dict: torchvision's ``vgg16`` keys (``features.N.*``) or a
   file written by :func:`save_features`.
 Every variant takes images in [-1, 1] and normalises them as the ImageNet weights expect, so one
@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from advmix import shipped
 from advmix.errors import AdvmixError
 
-ASSETS = Path(__file__).parent / "assets"
-SHIPPED = {"cfmnist": ASSETS / "cfmnist-vgg.pt"}
+SHIPPED = {"cfmnist": shipped.FEATURES}
 # Index in torchvision's vgg16().features of the ReLU after each tapped conv.
 TAPS = {"conv1_2": 3, "conv2_2": 8, "conv3_2": 13}
 _VGG16_CONVS = ((64, 64), (128, 128), (256, 256))  # (conv_a, conv_b) channels per block, to conv3_2

@@ -22,20 +22,15 @@ differentiable with respect to ``ws`` for inversion and attacks.
 styles of an example, so its ascent steps skip the coarse layers (about half the multiply-adds
 of the shipped 32x32 generator at k = 4). Together they compute exactly ``synthesis(ws)``.
 
-Checkpoints are one ``torch.save`` file holding only plain containers, strings and tensors;
-they are read with ``torch.load(..., weights_only=True)`` and anything else is refused.
+Checkpoint files (save, load, fingerprint) are ``advmix.checkpoints``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
-import os
-import pickle
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,14 +39,8 @@ from torch import Tensor, nn
 
 from advmix.errors import AdvmixError
 
-CHECKPOINT_FORMAT = "advmix-stylegan2-generator"
-CHECKPOINT_VERSION = 1
 NOISE_MODES = ("const", "random", "none")
 LRELU_GAIN = math.sqrt(2.0)
-
-
-class CheckpointError(AdvmixError):
-    """A generator checkpoint that is missing, unsafe, corrupt or of the wrong kind."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -430,122 +419,30 @@ class Generator(nn.Module):
         return self.synthesis(self.mapping(z, truncation_psi=truncation_psi), noise_mode)
 
 
-# ----------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def generator_fingerprint(G: Generator) -> str:
-    """sha256 over the config JSON and every tensor (name, dtype, shape, bytes) in key order."""
-    return _fingerprint(G.cfg.to_json(), G.state_dict())
-
-
-def _fingerprint(config_json: str, state: dict[str, Tensor]) -> str:
-    h = hashlib.sha256()
-    h.update(config_json.encode())
-    for key in sorted(state):
-        t = state[key].detach().to("cpu").contiguous()
-        h.update(f"\n{key}|{str(t.dtype)}|{tuple(t.shape)}\n".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def save_generator(G: Generator, path, extra: dict | None = None) -> str:
-    """Write config + weights (tensors only) atomically; returns the content fingerprint.
-
-    ``extra`` is stored as JSON (training settings, metrics) and must be JSON-serialisable.
-    """
-    state = {k: v.detach().to("cpu").clone() for k, v in G.state_dict().items()}
-    fingerprint = _fingerprint(G.cfg.to_json(), state)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "config": G.cfg.to_json(),
-        "state_dict": state,
-        "fingerprint": fingerprint,
-        "extra": json.dumps(extra or {}, sort_keys=True),
-    }
-    _atomic_torch_save(payload, Path(path))
-    return fingerprint
-
-
-def safe_torch_load(path, map_location="cpu", what: str = "checkpoint"):
-    """``torch.load(weights_only=True)`` with one-line errors for missing or unsafe files."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: {what} not found")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        code = [line for line in lines if "Unsupported global" in line or "GLOBAL" in line]
-        if not code:
-            raise CheckpointError(
-                f"{path}: not a readable {what} ({(lines[0] if lines else 'unpickling failed')[:200]})"
-            ) from None
-        raise CheckpointError(
-            f"{path}: refused to load {what}: it contains code or objects other than tensors and "
-            f"plain containers (weights_only=True): {code[0][:200]}"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable {what} ({msg[:200]})") from None
-
-
-def read_generator_checkpoint(path, map_location="cpu") -> dict:
-    """The raw checkpoint dict (validated), with ``config`` parsed and ``extra`` decoded."""
-    data = safe_torch_load(path, map_location=map_location, what="generator checkpoint")
-    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not an advmix generator checkpoint")
-    if data.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{path}: generator checkpoint version {data.get('version')!r} is not supported "
-            f"(expected {CHECKPOINT_VERSION})"
-        )
-    try:
-        cfg = GeneratorConfig.from_dict(json.loads(data["config"]))
-        extra = json.loads(data.get("extra", "{}"))
-        state = data["state_dict"]
-        assert isinstance(state, dict)
-    except (KeyError, TypeError, ValueError, AssertionError) as exc:
-        raise CheckpointError(f"{path}: malformed generator checkpoint ({exc})") from None
-    return {
-        "config": cfg,
-        "state_dict": state,
-        "extra": extra,
-        "fingerprint": data.get("fingerprint"),
-    }
-
-
-def load_generator(path, map_location="cpu") -> Generator:
-    """Rebuild a Generator from a checkpoint written by ``save_generator`` (eval mode)."""
-    data = read_generator_checkpoint(path, map_location=map_location)
-    G = Generator(data["config"])
-    try:
-        G.load_state_dict(data["state_dict"], strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        raise CheckpointError(
-            f"{path}: weights do not match the stored config ({' '.join(first[:2])[:200]})"
-        ) from None
-    stored = data["fingerprint"]
-    if stored is not None and stored != generator_fingerprint(G):
-        raise CheckpointError(f"{path}: fingerprint mismatch, the file is corrupt")
-    G.to(map_location)
-    return G.eval().requires_grad_(False)
-
-
 def seeded_z(n: int, z_dim: int, seed: int) -> Tensor:
     """Reproducible latents [n, z_dim] independent of the global RNG and the device."""
     rng = np.random.default_rng(seed)
     return torch.from_numpy(rng.standard_normal((n, z_dim)).astype(np.float32))
+
+
+def resolve_k(G: Generator, *choices: int | None) -> int:
+    """The coarse/fine split: the first of ``choices`` that is set (a flag, a store's k), else
+    the generator's own; one line naming the valid range when it is missing or out of it."""
+    k = next((c for c in (*choices, G.cfg.k) if c is not None), None)
+    if k is None:
+        raise AdvmixError(
+            f"no coarse/fine split k is recorded for this generator: pass --k (1..{G.num_ws - 1})"
+        )
+    if not 1 <= k < G.num_ws:
+        raise AdvmixError(f"coarse/fine split k={k} must be in 1..{G.num_ws - 1}")
+    return int(k)
+
+
+def to_unit(images: Tensor) -> Tensor:
+    """Generator output in [-1, 1] -> [0, 1] (clamped)."""
+    return (images.clamp(-1, 1) + 1) / 2
+
+
+def decode(G: Generator, ws: Tensor, batch: int = 250) -> Tensor:
+    """Images in [0, 1] of styles ``ws`` [N, L, D], ``batch`` at a time."""
+    return torch.cat([to_unit(G.synthesis(ws[i : i + batch])) for i in range(0, len(ws), batch)])

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import torch
 
+from advmix import shipped
+from advmix.checkpoints import load_generator, save_generator
 from advmix.datasets import load
 from advmix.inversion import InversionConfig, invert, mean_style
 from advmix.perceptual import load_features
-from advmix.stylegan import Generator, GeneratorConfig, load_generator, save_generator
+from advmix.stylegan import Generator, GeneratorConfig
 
-SHIPPED = Path(__file__).parents[1] / "advmix" / "assets" / "cfmnist-G.pt"
+SHIPPED = shipped.GENERATOR
 NUM_IMAGES = 128
 BATCH = 64
 STEPS = 30

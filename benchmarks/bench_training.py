@@ -158,10 +158,12 @@ def measure_attack_cost(
     the classifier's (SmallCNN; the default is the project's)."""
     import torch
 
-    from advmix.attacks import to_unit
-    from advmix.stylegan import Generator, GeneratorConfig, generator_fingerprint, save_generator
+    from advmix.checkpoints import generator_fingerprint, save_generator
+    from advmix.settings import from_flat
+    from advmix.stylegan import Generator, GeneratorConfig, to_unit
     from benchmarks.op_count import OpCounter
-    from training.train import TrainConfig, Trainer
+    from training.config import TrainConfig
+    from training.train import Trainer
 
     if device == "cpu":
         torch.set_num_threads(1)
@@ -199,10 +201,10 @@ def measure_attack_cost(
         )  # fmt: skip
 
         def trainer(method, name, **kw):
-            cfg = TrainConfig(
+            cfg = from_flat(TrainConfig, dict(
                 store=str(Path(tmp) / "s.zarr"), generator=str(gpath), method=method, epochs=1,
                 batch_size=batch, buffer_size=256, checkpoint_every=10_000, width=width, **kw,
-            )  # fmt: skip
+            ))  # fmt: skip
             return Trainer(cfg, Path(tmp) / name, device=device)
 
         warm = trainer("nominal", "warm")
@@ -215,14 +217,14 @@ def measure_attack_cost(
             t = trainer(method, name, **kw)
             t.model.load_state_dict(state)
             t.stream.set_epoch(2)
-            t._resumed = True  # keep the epoch set above
+            t.resumed = True  # keep the epoch set above
             t.epoch = 2
             t.cfg.epochs = 3
             return t
 
         def epoch_s(method, name, **kw) -> float:
             t = prepared(method, name, **kw)
-            return t._epoch(t.stream.loader(), progress=False)["epoch_s"]
+            return t.run_epoch(t.stream.loader(), progress=False)["epoch_s"]
 
         def stream_s() -> float:
             """The nominal epoch's input side alone: stream, batch to device, no training."""
@@ -242,15 +244,15 @@ def measure_attack_cost(
             attack = OpCounter()
             evaluations = []
 
-            def perturbed(*args):
+            def counted(ctx, x, w, y, gen):
                 with attack:
-                    images, info = perturb(*args)
-                evaluations.append(info.get("evaluations", len(images)))
-                return images, info
+                    made = make(ctx, x, w, y, gen)
+                evaluations.append(made.info.get("evaluations", 0))  # mixes decoded
+                return made
 
-            perturb, t.perturbed = t.perturbed, perturbed
+            make, t.make_batch = t.make_batch, counted
             with OpCounter() as everything:
-                summary = t._epoch(t.stream.loader(), progress=False)
+                summary = t.run_epoch(t.stream.loader(), progress=False)
             steps = math.ceil(summary["samples"] / batch)
             return {
                 "ops": round(everything.ops / steps),
@@ -411,7 +413,8 @@ def measure_projections(store_url, generator_path, classifier_path, n=256, steps
     import torch
 
     from advmix import attacks
-    from advmix.stylegan import generator_fingerprint, load_generator
+    from advmix.checkpoints import generator_fingerprint, load_generator
+    from advmix.projections import PROJECTIONS, sample_fine
     from training.evaluate import load_model
     from training.stream import LatentStream
 
@@ -425,8 +428,8 @@ def measure_projections(store_url, generator_path, classifier_path, n=256, steps
     k = stream.store.k
     batch = next(iter(stream.loader()))
     w, y = batch["w"], batch["label"]
-    bank = attacks.sample_fine(G, k, 5000, torch.Generator().manual_seed(123)).flatten(1)
-    held = attacks.sample_fine(G, k, 500, torch.Generator().manual_seed(456)).flatten(1)
+    bank = sample_fine(G, k, 5000, torch.Generator().manual_seed(123)).flatten(1)
+    held = sample_fine(G, k, 500, torch.Generator().manual_seed(456)).flatten(1)
 
     def nn_dist(q):
         return torch.cdist(q.flatten(1), bank).min(dim=1).values
@@ -440,12 +443,11 @@ def measure_projections(store_url, generator_path, classifier_path, n=256, steps
         "fooled": round(float(fooled.float().mean()), 4),
         "nn_dist_ratio": round(float(nn_dist(ws[:, k:]).median()) / reference, 3),
     }
-    for kind in attacks.PROJECTIONS:
-        style_set = attacks.FineStyleSet.fit(G, k, kind, seed=0)
+    for kind, projection in PROJECTIONS.items():
+        cfg = attacks.AdvMixConfig(steps=steps, projection=kind)
+        style_set = projection.fit(G, k, cfg, seed=0)
         started = time.perf_counter()
-        result = attacks.advmix(
-            model, G, w, y, k, style_set, steps=steps, generator=torch.Generator().manual_seed(0)
-        )
+        result = attacks.advmix(model, G, w, y, k, style_set, cfg, torch.Generator().manual_seed(0))
         out[kind] = {
             "fooled": round(float(result.fooled.float().mean()), 4),
             "nn_dist_ratio": round(float(nn_dist(result.ws[:, k:]).median()) / reference, 3),

@@ -58,16 +58,16 @@ def encode(out: Path, device: str, smoke: bool) -> dict:
 def quality(out: Path, device: str, smoke: bool) -> dict:
     import torch
 
+    from advmix import shipped
+    from advmix.checkpoints import load_generator
     from advmix.classifiers import load_classifier
-    from advmix.stylegan import load_generator
     from pipeline.encode import run as encode_job
     from schemas.reader import open_store
-    from training.cli_gan import SHIPPED_CLASSIFIER
-    from training.store_report import encoding_report, save_grid
+    from training.store_quality import encoding_report, save_grid
 
-    generator = Path(__file__).parents[1] / "advmix" / "assets" / "cfmnist-G.pt"
+    generator = shipped.GENERATOR
     G = load_generator(generator)
-    classifier, _ = load_classifier(SHIPPED_CLASSIFIER)
+    classifier, _ = load_classifier(shipped.GRAY_CLASSIFIER)
     results = {}
     scratch = Path(tempfile.mkdtemp(prefix="advmix-quality-"))  # stores stay off DIR
     for steps in (2,) if smoke else QUALITY_STEPS:

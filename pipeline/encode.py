@@ -19,10 +19,12 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from advmix.checkpoints import generator_fingerprint, load_generator
 from advmix.errors import AdvmixError
 from advmix.inversion import InversionConfig
 from advmix.perceptual import load_features
-from advmix.stylegan import generator_fingerprint, load_generator
+from advmix.spec import parse_spec
+from advmix.stylegan import resolve_k
 from pipeline.artifacts import local_copy
 from pipeline.model_handler import InversionModelHandler, resolve_device
 from pipeline.sources import Listing, list_inputs
@@ -126,9 +128,7 @@ def run(argv: list[str] | None = None) -> dict:
     storage_options = dict(parse_storage_option(text) for text in args.storage_option)
     G = load_generator(local_copy(args.generator, storage_options))
     load_features(args.features)  # fail here, not on a worker, when the weights are unusable
-    k = args.k or G.cfg.k
-    if k is None or not 0 < k < G.num_ws:
-        raise AdvmixError(f"coarse/fine split k={k} must be in 1..{G.num_ws - 1} (pass --k)")
+    k = resolve_k(G, args.k)
     args.inversion = InversionConfig(
         steps=args.steps,
         lr=args.lr,
@@ -150,7 +150,7 @@ def run(argv: list[str] | None = None) -> dict:
         large_model=args.large_model,
         storage_options=storage_options,
     )
-    split = listing.source.split(":", 1)[1].split("?")[0] if listing.kind == "spec" else None
+    split = parse_spec(listing.source).split if listing.kind == "spec" else None
 
     def create_store(accepted: list[int]) -> str:
         if not accepted:

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from advmix.checkpoints import load_generator
 from advmix.errors import AdvmixError
 from advmix.inversion import InversionConfig, invert, mean_style
 from advmix.perceptual import load_features
-from advmix.stylegan import load_generator
 from pipeline.artifacts import local_copy
 
 log = logging.getLogger("pipeline.encode")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from advmix.errors import AdvmixError
 
-
-class StoreError(AdvmixError, ValueError):
+class StoreError(ValueError):
     """A latent store that is missing, incomplete, corrupt or not what the caller expected."""

@@ -6,11 +6,22 @@ import torch
 from torch import nn
 
 from advmix import attacks
+from advmix.attacks import AdvMixConfig
 from advmix.classifiers import SmallCNN
-from advmix.stylegan import Generator, GeneratorConfig
+from advmix.projections import PROJECTIONS, ZSpace, fit_style_set, sample_fine
+from advmix.stylegan import Generator, GeneratorConfig, to_unit
 from benchmarks.op_count import OpCounter
 
 K = 4
+
+
+def fitted(G, kind: str):
+    """The valid set ``kind`` fitted to 2000 draws (the default 10 000 is slow for tests)."""
+    return fit_style_set(G, K, AdvMixConfig(projection=kind, style_samples=2000))
+
+
+def budget(**kw) -> AdvMixConfig:
+    return AdvMixConfig(style_samples=2000, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +40,7 @@ def toy(G):
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():
         w = G.mapping(torch.randn(64, G.z_dim, generator=g))
-        x = attacks.to_unit(G.synthesis(w))
+        x = to_unit(G.synthesis(w))
     # labels from the coarse content: which side of the median its mean brightness falls on
     score = x.mean(dim=(1, 2, 3))
     y = (score > score.median()).long()
@@ -46,14 +57,13 @@ def toy(G):
 
 def test_advmix_fools_at_least_where_randmix_does(G, toy):
     model, w, y = toy
-    box = attacks.FineStyleSet.fit(G, K, "box", samples=2000)
+    box = fitted(G, "box")
     fooled_rand = torch.zeros(len(y), dtype=torch.bool)
     images, _ = attacks.randmix(G, w, K, torch.Generator().manual_seed(7))
     with torch.no_grad():
         fooled_rand = model(images).argmax(1) != y
-    result = attacks.advmix(
-        model, G, w, y, K, box, steps=5, restarts=1, generator=torch.Generator().manual_seed(7)
-    )
+    result = attacks.advmix(model, G, w, y, K, box, budget(steps=5, restarts=1),
+                            torch.Generator().manual_seed(7))  # fmt: skip
     # the first iterate of AdvMix is the RandMix sample of the same random stream
     assert bool((result.fooled | ~fooled_rand).all())
     assert int(result.fooled.sum()) >= int(fooled_rand.sum())
@@ -66,8 +76,8 @@ def test_advmix_fools_at_least_where_randmix_does(G, toy):
 
 @pytest.mark.parametrize("kind", ["box", "ball"])
 def test_projection_keeps_styles_in_the_set(G, kind):
-    style_set = attacks.FineStyleSet.fit(G, K, kind, samples=2000)
-    start = attacks.sample_fine(G, K, 16, torch.Generator().manual_seed(3))
+    style_set = fitted(G, kind)
+    start = sample_fine(G, K, 16, torch.Generator().manual_seed(3))
     far = start + 50 * torch.randn(start.shape, generator=torch.Generator().manual_seed(4))
     assert not style_set.contains(far, start).all()
     projected = style_set.project(far, start)
@@ -77,10 +87,9 @@ def test_projection_keeps_styles_in_the_set(G, kind):
 
 def test_advmix_result_stays_in_the_box(G, toy):
     model, w, y = toy
-    box = attacks.FineStyleSet.fit(G, K, "box", samples=2000)
-    result = attacks.advmix(
-        model, G, w, y, K, box, steps=3, step_size=1.0, generator=torch.Generator().manual_seed(1)
-    )
+    box = fitted(G, "box")
+    result = attacks.advmix(model, G, w, y, K, box, budget(steps=3, step_size=1.0),
+                            torch.Generator().manual_seed(1))  # fmt: skip
     # every iterate after the start is projected; starts are map(z) samples, which the 1%
     # quantile box may not contain: check the examples that moved
     moved = ~result.fooled
@@ -101,10 +110,9 @@ def test_early_stop_freezes_successful_examples(G):
     w = G.mapping(torch.randn(8, G.z_dim, generator=g))
     y = torch.tensor([0, 1, 0, 2, 0, 1, 1, 0])
     steps = 4
-    box = attacks.FineStyleSet.fit(G, K, "box", samples=2000)
-    result = attacks.advmix(
-        Biased(), G, w, y, K, box, steps=steps, generator=torch.Generator().manual_seed(9)
-    )
+    box = fitted(G, "box")
+    result = attacks.advmix(Biased(), G, w, y, K, box, budget(steps=steps),
+                            torch.Generator().manual_seed(9))  # fmt: skip
     fooled = y != 0
     assert torch.equal(result.fooled, fooled)
     # frozen at the first iterate: the RandMix sample of the same stream
@@ -113,26 +121,24 @@ def test_early_stop_freezes_successful_examples(G):
     assert not torch.equal(result.ws[~fooled], rand_ws[~fooled])  # the others ascended
     # cost: one evaluation per frozen example, steps + 1 for the others
     assert result.evaluations == int(fooled.sum()) + int((~fooled).sum()) * (steps + 1)
-    unstopped = attacks.advmix(
-        Biased(), G, w, y, K, box, steps=steps, early_stop=False,
-        generator=torch.Generator().manual_seed(9),
-    )  # fmt: skip
+    unstopped = attacks.advmix(Biased(), G, w, y, K, box, budget(steps=steps, early_stop=False),
+                               torch.Generator().manual_seed(9))  # fmt: skip
     assert unstopped.evaluations == len(y) * (steps + 1)
     assert torch.equal(unstopped.ws[fooled], rand_ws[fooled])  # still the first success
 
 
-@pytest.mark.parametrize("kind", attacks.PROJECTIONS)
+@pytest.mark.parametrize("kind", PROJECTIONS)
 def test_early_stop_changes_the_cost_not_the_result(G, toy, kind):
     # Early stop drops fooled examples from the ascent (on a CPU, redoing the forward pass of
     # the few that go on when fewer than half do); per-example independence makes the kept
     # mixes those of the full ascent.
     model, w, y = toy
-    style_set = attacks.FineStyleSet.fit(G, K, kind, samples=2000)
+    style_set = fitted(G, kind)
 
     def attack(early_stop: bool) -> attacks.AttackResult:
         gen = torch.Generator().manual_seed(5)
-        return attacks.advmix(model, G, w, y, K, style_set, steps=5, restarts=2,
-                              early_stop=early_stop, generator=gen)  # fmt: skip
+        cfg = budget(steps=5, restarts=2, early_stop=early_stop)
+        return attacks.advmix(model, G, w, y, K, style_set, cfg, gen)
 
     stopped, full = attack(True), attack(False)
     assert torch.equal(stopped.fooled, full.fooled) and int(full.fooled.sum()) > 0
@@ -145,14 +151,12 @@ def test_advmix_waits_for_the_device_at_most_once_per_iterate(G, toy):
     # On a GPU every host sync stalls the launch queue; early stopping needs one per iterate
     # (how many examples go on), the rest of the bookkeeping none.
     model, w, y = toy
-    ball = attacks.FineStyleSet.fit(G, K, "ball", samples=2000)
+    ball = fitted(G, "ball")
     steps, restarts = 5, 2
     for early_stop in (True, False):
         with OpCounter() as count:
-            result = attacks.advmix(
-                model, G, w, y, K, ball, steps=steps, restarts=restarts, early_stop=early_stop,
-                generator=torch.Generator().manual_seed(7),
-            )  # fmt: skip
+            cfg = budget(steps=steps, restarts=restarts, early_stop=early_stop)
+            result = attacks.advmix(model, G, w, y, K, ball, cfg, torch.Generator().manual_seed(7))
         # one nonzero per restart (who is left) and, with early stop, one per ascent step
         bound = restarts + (restarts * steps if early_stop else 0)
         assert count.syncs <= bound, (early_stop, count.syncs)
@@ -169,12 +173,50 @@ def test_op_counter_counts_syncs_and_skips_views():
 
 def test_z_space_attack_runs_on_the_manifold(G, toy):
     model, w, y = toy
-    zset = attacks.FineStyleSet.fit(G, K, "z")
-    result = attacks.advmix(model, G, w[:8], y[:8], K, zset, steps=2, restarts=2,
-                            generator=torch.Generator().manual_seed(0))  # fmt: skip
+    zset = fitted(G, "z")
+    result = attacks.advmix(model, G, w[:8], y[:8], K, zset, budget(steps=2, restarts=2),
+                            torch.Generator().manual_seed(0))  # fmt: skip
     # mapping outputs repeat one w over all layers: a z-space mix keeps that structure
     fine = result.ws[:, K:]
     assert torch.allclose(fine, fine[:, :1].expand_as(fine))
+
+
+def test_z_space_steps_move_z_by_the_step_size(G):
+    # The z-space set has no radius of its own: its step is step_size * sqrt(z_dim) along the
+    # normalised gradient, for every example.
+    zset = fitted(G, "z")
+    assert isinstance(zset, ZSpace)
+    g = torch.Generator().manual_seed(3)
+    z, grad = torch.randn(5, G.z_dim, generator=g), torch.randn(5, G.z_dim, generator=g)
+    moved = zset.step(z, grad, 0.25)
+    torch.testing.assert_close((moved - z).norm(dim=1), torch.full((5,), 0.25 * G.z_dim**0.5))
+    cosine = nn.functional.cosine_similarity(moved - z, grad, dim=1)
+    torch.testing.assert_close(cosine, torch.ones(5))
+    assert torch.equal(zset.project(moved, z), moved)  # nothing to project onto
+
+
+@pytest.mark.parametrize("kind", PROJECTIONS)
+def test_every_set_starts_at_the_randmix_sample_and_steps_uphill(G, toy, kind):
+    model, w, y = toy
+    style_set = fitted(G, kind)
+    z = torch.randn(len(w), G.z_dim, generator=torch.Generator().manual_seed(8))
+    start = style_set.start(G, z)
+    with torch.no_grad():
+        torch.testing.assert_close(style_set.fine(G, start), G.mapping(z)[:, K:])
+    coarse = G.synthesis_coarse(w[:, :K])
+
+    def loss(cur):
+        logits = model(to_unit(G.synthesis_fine(coarse, style_set.fine(G, cur))))
+        return nn.functional.cross_entropy(logits, y, reduction="none")
+
+    cur = start.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss(cur).sum(), cur)
+    with torch.no_grad():
+        nxt = style_set.project(style_set.step(start, grad, 0.05), start)
+        assert style_set.contains(style_set.fine(G, nxt), style_set.fine(G, start)).all() or (
+            kind == "box"  # a map(z) start may sit outside the 1% quantile box
+        )
+        assert loss(nxt).mean() > loss(start).mean()  # a small step goes uphill
 
 
 @pytest.mark.parametrize(
@@ -183,7 +225,7 @@ def test_z_space_attack_runs_on_the_manifold(G, toy):
 def test_pgd_stays_within_eps(toy, G, eps, lo, hi):
     model, w, y = toy
     with torch.no_grad():
-        x = attacks.to_unit(G.synthesis(w[:16]))
+        x = to_unit(G.synthesis(w[:16]))
     x = x * (hi - lo) + lo
 
     def net(v):

@@ -10,7 +10,7 @@ from PIL import Image
 
 def advmix(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "training", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=120
     )
 
 

@@ -10,13 +10,13 @@ import sys
 import pytest
 from store_helpers import create, write_shards, write_store
 
+from cli.main import main
 from schemas.testing import moto_s3
-from training.cli import main
 
 
 def advmix(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "training", *args],
+        [sys.executable, "-m", "cli", *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from advmix import attacks
+from advmix.attacks import AdvMixConfig
+from advmix.checkpoints import load_generator
 from advmix.datasets import load
 from advmix.errors import AdvmixError
 from advmix.inversion import InversionConfig, invert
 from advmix.perceptual import load_features
-from advmix.stylegan import Generator, GeneratorConfig, load_generator
+from advmix.stylegan import Generator, GeneratorConfig, to_unit
 from pipeline.encode import run as encode
 from schemas.reader import open_store
 from tests.tiny_nets import tiny_features, tiny_generator
@@ -96,23 +97,24 @@ def test_encode_job_refuses_a_cuda_device_that_does_not_exist(nets, tmp_path):
 
 @pytest.mark.parametrize("method", ["advmix", "randmix", "at"])
 def test_training_on_cuda_and_the_checkpoint_loads_on_cpu(nets, tmp_path, method):
+    from training.config import TrainConfig
     from training.evaluate import load_model
-    from training.train import TrainConfig, Trainer
+    from training.train import Trainer
 
     G = load_generator(nets[0])
     store = write_store(str(tmp_path / "s.zarr"), num_samples=64, generator=G,
                         fingerprint=_fingerprint(G))  # fmt: skip
     cfg = TrainConfig(store=store, generator=str(nets[0]), method=method, epochs=1,
-                      batch_size=16, attack_steps=2, width=8)  # fmt: skip
+                      batch_size=16, attack=AdvMixConfig(steps=2), width=8)  # fmt: skip
     trainer = Trainer(cfg, tmp_path / "run", device="cuda")
     trainer.train()
     assert next(trainer.model.parameters()).device.type == "cuda"
     model, _ = load_model(tmp_path / "run" / "checkpoint.pt", "cpu")
-    x = attacks.to_unit(G.synthesis(torch.from_numpy(open_store(store).read_shard(0).w)))
+    x = to_unit(G.synthesis(torch.from_numpy(open_store(store).read_shard(0).w)))
     assert torch.isfinite(model(x)).all()
 
 
 def _fingerprint(G):
-    from advmix.stylegan import generator_fingerprint
+    from advmix.checkpoints import generator_fingerprint
 
     return generator_fingerprint(G)

@@ -1,4 +1,4 @@
-"""Colored Fashion-MNIST protocol on the real IDX files (Debian's dataset-fashion-mnist)."""
+"""Colored Fashion-MNIST protocol on real IDX files (the committed subset of Fashion-MNIST)."""
 
 import gzip
 import shutil
@@ -8,6 +8,7 @@ import pytest
 
 from advmix.datasets import MEAN_COLORS, colorize, load, sample_colors
 from advmix.errors import DataError
+from tests.conftest import FIXTURE_DATA
 
 
 def _foreground_colors(images: np.ndarray) -> np.ndarray:
@@ -101,7 +102,7 @@ def test_data_root_without_files_is_a_clear_error(tmp_path):
 
 
 def test_truncated_data_root_is_a_clear_error(tmp_path, monkeypatch):
-    source = "/usr/share/datasets/fashion-mnist"
+    source = FIXTURE_DATA
     for name in ("train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
         shutil.copy(f"{source}/{name}", tmp_path / name)
     with gzip.open(f"{source}/train-images-idx3-ubyte.gz") as f:

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from advmix.checkpoints import generator_fingerprint, load_generator
 from advmix.datasets import load
-from advmix.stylegan import generator_fingerprint, load_generator
 from pipeline.encode import run
 from schemas.reader import open_store
 from schemas.testing import moto_s3

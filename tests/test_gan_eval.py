@@ -7,11 +7,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from advmix.checkpoints import load_generator, save_generator
 from advmix.classifiers import ClassifierConfig, SmallCNN, load_classifier, save_classifier
+from advmix.datasets import foreground_colour
 from advmix.errors import AdvmixError
-from advmix.stylegan import Generator, GeneratorConfig, load_generator, save_generator
-from training.cli import cli
-from training.gan_eval import evaluate_generator, foreground_colour, frechet_distance
+from advmix.stylegan import Generator, GeneratorConfig
+from cli.main import cli
+from gan.evaluate import evaluate_generator, frechet_distance
 
 
 def test_small_cnn_shapes_gray_input_and_round_trip(tmp_path):

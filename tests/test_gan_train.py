@@ -6,11 +6,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from advmix.checkpoints import load_generator
 from advmix.discriminator import DiscriminatorConfig
 from advmix.errors import AdvmixError
-from advmix.stylegan import GeneratorConfig, load_generator
-from training.cli import cli
-from training.gan import GANTrainConfig, GANTrainer, mixing_grid, style_mixed_ws
+from advmix.stylegan import GeneratorConfig
+from cli.main import cli
+from gan.train import GANTrainConfig, GANTrainer, mixing_grid, style_mixed_ws
 
 SPEC = "cfmnist:train-random?limit=64"
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from advmix.errors import AdvmixError
 from advmix.inversion import InversionConfig, invert, mean_style
 from advmix.perceptual import FeatureConfig, VGGFeatures
 from advmix.stylegan import Generator, GeneratorConfig
@@ -53,5 +54,5 @@ def test_starts_from_the_mean_latent(nets):
 @pytest.mark.parametrize("k", [0, 8])
 def test_split_outside_the_styles_is_refused(nets, k):
     G, features = nets
-    with pytest.raises(ValueError, match="must be in 1..5"):
+    with pytest.raises(AdvmixError, match="must be in 1..5"):
         invert(G, features, _targets(G, n=1), InversionConfig(steps=1, k=k, w_avg_samples=8))

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from advmix.checkpoints import generator_fingerprint, load_generator
 from advmix.classifiers import SmallCNN, save_classifier
 from advmix.datasets import load
-from advmix.stylegan import generator_fingerprint, load_generator
 from schemas.layout import Layout
 from schemas.manifest import Provenance
 from schemas.writer import StoreWriter
@@ -46,7 +46,7 @@ def setup(tmp_path_factory):
 
 def _report(*args):
     return subprocess.run(
-        [sys.executable, "-m", "training", "store", "report", *args],
+        [sys.executable, "-m", "cli", "store", "report", *args],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from studies.demo import write_report
+from studies.study import StudyConfig, run_study
 from tests.tiny_nets import tiny_generator
-from training.demo import write_report
-from training.study import StudyConfig, run_study
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_timings_keep_every_step_across_sittings(study):
 
 
 def test_timings_add_up_over_sittings(tmp_path):
-    from training.study import Timings
+    from studies.study import Timings
 
     first = Timings(tmp_path / "timings.json")
     first.record("encode sigma-0.02", 600.0)
@@ -72,7 +72,7 @@ def test_timings_add_up_over_sittings(tmp_path):
 
 
 def test_oracle_gap_is_measured_at_the_strongest_correlation():
-    from training.report import oracle_gap
+    from studies.report import oracle_gap
 
     rows = [
         {"sigma": s, "method": m, "seed": seed, "iid": 1.0, "random": acc + seed * 0.02,
@@ -90,8 +90,8 @@ def test_oracle_gap_is_measured_at_the_strongest_correlation():
 
 
 def test_results_page_states_both_ceilings():
-    from training.report import oracle_gap
-    from training.reproduce import gap_text
+    from studies.report import oracle_gap
+    from studies.reproduce import gap_text
 
     rows = [{"sigma": 0.02, "method": m, "seed": 0, "iid": 1.0, "random": acc, "swapped": 0.5}
             for m, acc in [("nominal", 0.2), ("oracle", 0.7), ("advmix", 0.6)]]  # fmt: skip

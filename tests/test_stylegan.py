@@ -5,16 +5,10 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from advmix.checkpoints import generator_fingerprint, load_generator, save_generator
 from advmix.discriminator import Discriminator, DiscriminatorConfig
 from advmix.errors import AdvmixError
-from advmix.stylegan import (
-    Generator,
-    GeneratorConfig,
-    generator_fingerprint,
-    load_generator,
-    modulated_conv2d,
-    save_generator,
-)
+from advmix.stylegan import Generator, GeneratorConfig, modulated_conv2d
 
 
 def tiny(resolution=32, **kw) -> Generator:

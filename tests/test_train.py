@@ -13,7 +13,7 @@ import torch
 from tiny_nets import tiny_generator
 from train_helpers import write_store
 
-from advmix.stylegan import generator_fingerprint, load_generator
+from advmix.checkpoints import generator_fingerprint, load_generator
 
 # 96 samples in shards of 16, batches of 16: 6 steps an epoch.
 TRAIN = [
@@ -26,7 +26,7 @@ TRAIN = [
 def advmix(*args, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "training", *args], capture_output=True, text=True,
+        [sys.executable, "-m", "cli", *args], capture_output=True, text=True,
         timeout=300, env=env, **kwargs,
     )  # fmt: skip
 
@@ -75,7 +75,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(nets, straight, tmp_path
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "training", *args], env=env,
+        [sys.executable, "-m", "cli", *args], env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     metrics = out / "metrics.jsonl"
@@ -136,7 +136,7 @@ def test_ddp_two_processes_cover_the_store(nets, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-        f"--master_port={free_port()}", "-m", "training", "train", "--store", store, "--generator",
+        f"--master_port={free_port()}", "-m", "cli", "train", "--store", store, "--generator",
         nets["G"], "--epochs", "1", "--out", str(out), *TRAIN,
     ]  # fmt: skip
     proc = subprocess.Popen(
@@ -187,7 +187,7 @@ def test_store_from_another_generator_is_refused(nets, tmp_path):
 def test_bad_cli_values_exit_2_with_one_line(nets, tmp_path, extra, message):
     from click.testing import CliRunner
 
-    from training.cli import cli
+    from cli.main import cli
 
     args = ["train", "--store", nets["store"], "--generator", nets["G"], "--out",
             str(tmp_path / "x"), *extra]  # fmt: skip
@@ -211,8 +211,8 @@ def test_bad_cli_value_as_a_process_exits_2_without_traceback(nets, tmp_path):
 def test_config_file_sets_defaults_and_flags_override(nets, tmp_path):
     from click.testing import CliRunner
 
+    from cli.main import cli
     from training import train as train_module
-    from training.cli import cli
 
     seen = {}
 
@@ -274,7 +274,8 @@ def test_evaluate_table_and_json(nets, straight, tmp_path):
 
 @pytest.mark.parametrize("method", ["nominal", "at", "randmix", "mixup"])
 def test_every_method_trains(nets, tmp_path, method):
-    from training.train import TrainConfig, Trainer
+    from training.config import TrainConfig
+    from training.train import Trainer
 
     cfg = TrainConfig(
         store=nets["store"], generator=nets["G"], method=method, epochs=1, batch_size=16,
@@ -285,4 +286,4 @@ def test_every_method_trains(nets, tmp_path, method):
     assert trainer.step == 2
     assert (tmp_path / method / "classifier.pt").exists()
     if method == "nominal":
-        assert trainer.model.net.cfg.input_mode == "gray-max"
+        assert trainer.model.cfg.input_mode == "gray-max"

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import torch
 
+from advmix.checkpoints import save_generator
 from advmix.perceptual import FeatureConfig, VGGFeatures, save_features
-from advmix.stylegan import Generator, GeneratorConfig, save_generator
+from advmix.stylegan import Generator, GeneratorConfig
 
 
 def tiny_generator(path: Path, k: int = 4, seed: int = 0, resolution: int = 32) -> Path:

@@ -16,31 +16,33 @@ import numpy as np
 import torch
 
 from advmix import attacks
-from advmix.classifiers import CLASSIFIER_FORMAT, ClassifierConfig
+from advmix.attacks import AdvMixConfig
+from advmix.checkpoints import CheckpointError, generator_fingerprint, load_generator, safe_load
+from advmix.classifiers import CLASSIFIER_FORMAT, ClassifierConfig, SmallCNN
 from advmix.errors import AdvmixError
-from advmix.stylegan import CheckpointError, generator_fingerprint, load_generator, safe_torch_load
-from training.train import CHECKPOINT_FORMAT, Classifier, images_to_unit
+from advmix.projections import fit_style_set
+from advmix.stylegan import resolve_k, to_unit
+from training import runfiles
+from training.train import images_to_unit
 
 
-def load_model(path, device: str = "cpu") -> tuple[Classifier, dict]:
+def load_model(path, device: str = "cpu") -> tuple[SmallCNN, dict]:
     """(classifier in eval mode, info) from a training checkpoint or a ``classifier.pt``."""
-    data = safe_torch_load(path, what="classifier checkpoint")
-    if not isinstance(data, dict) or data.get("format") not in (
-        CHECKPOINT_FORMAT,
-        CLASSIFIER_FORMAT,
-    ):
+    data = safe_load(path, what="classifier checkpoint")
+    formats = (runfiles.CHECKPOINT_FORMAT, CLASSIFIER_FORMAT)
+    if not isinstance(data, dict) or data.get("format") not in formats:
         raise CheckpointError(f"{path}: neither a training checkpoint nor a classifier file")
     try:
-        if data["format"] == CHECKPOINT_FORMAT:
+        if data["format"] == runfiles.CHECKPOINT_FORMAT:
             cfg = ClassifierConfig(**json.loads(data["classifier_config"]))
-            model = Classifier(cfg)
-            model.load_state_dict(data["model"])
+            weights = runfiles.model_weights(data)
             info = {"config": json.loads(data["config"]), "step": data["step"]}
         else:
             cfg = ClassifierConfig(**json.loads(data["config"]))
-            model = Classifier(cfg)
-            model.net.load_state_dict(data["state_dict"])
+            weights = data["state_dict"]
             info = json.loads(data.get("extra", "{}"))
+        model = SmallCNN(cfg=cfg)
+        model.load_state_dict(weights)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise CheckpointError(f"{path}: malformed classifier checkpoint ({msg})") from None
@@ -68,6 +70,37 @@ def evaluate_datasets(model, specs, batch_size: int, device, data_root=None) -> 
     return rows
 
 
+def fooled_by_advmix(model, G, w, y, k, style_set, cfg: AdvMixConfig, gen) -> tuple:
+    result = attacks.advmix(model, G, w, y, k, style_set, cfg, gen)
+    return result.fooled, result.evaluations
+
+
+def fooled_by_randmix(model, G, w, y, k, style_set, cfg: AdvMixConfig, gen) -> tuple:
+    """A RandMix attack: ``cfg.restarts`` random fine styles per example, no ascent."""
+    fooled = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+    for _ in range(cfg.restarts):
+        images, _ = attacks.randmix(G, w, k, gen)
+        with torch.no_grad():
+            fooled |= model(images).argmax(1) != y
+    return fooled, len(y) * cfg.restarts
+
+
+# Attacks ``advmix evaluate --attack`` knows: (model, G, w, y, k, style set, config, generator)
+# -> (which examples some tried mix fools, mixes decoded).
+ATTACKS = {"advmix": fooled_by_advmix, "randmix": fooled_by_randmix}
+
+
+def budget(attack: str, cfg: AdvMixConfig, k: int) -> dict:
+    ascends = attack == "advmix"
+    return {
+        "steps": cfg.steps if ascends else 0,
+        "restarts": cfg.restarts,
+        "step_size": cfg.step_size if ascends else None,
+        "projection": cfg.projection if ascends else None,
+        "k": k,
+    }
+
+
 def evaluate_store(
     model,
     url: str,
@@ -75,10 +108,7 @@ def evaluate_store(
     *,
     attack: str,
     generator_path: str | None,
-    steps: int,
-    restarts: int,
-    step_size: float,
-    projection: str,
+    cfg: AdvMixConfig,
     seed: int,
     batch_size: int,
     limit: int | None,
@@ -96,12 +126,11 @@ def evaluate_store(
     elif attack != "none":
         raise AdvmixError(f"--attack {attack} needs --generator (mixes are decoded with it)")
     store = open_store(url, storage_options, expect_generator=fp)
-    k = store.k if store.k is not None else (G.cfg.k if G is not None else None)
-    if attack != "none" and k is None:
-        raise AdvmixError("neither the store nor the generator records k (coarse styles)")
-    style_set = None
-    if attack == "advmix":
-        style_set = attacks.FineStyleSet.fit(G, k, projection, seed=seed).to(device)
+    attack_fn = ATTACKS.get(attack)
+    k = style_set = None
+    if attack_fn is not None:
+        k = resolve_k(G, store.k)
+        style_set = fit_style_set(G, k, cfg, seed=seed).to(device)
     stream = LatentStream(store, batch_size=batch_size, shuffle=False, buffer_size=0)
     gen = torch.Generator().manual_seed(seed)
     n = nominal = robust = worst = evaluations = 0
@@ -116,23 +145,14 @@ def evaluate_store(
             if "image" in batch:
                 x = images_to_unit(batch["image"][:take].to(device))
             elif G is not None:
-                x = attacks.to_unit(G.synthesis(w))
+                x = to_unit(G.synthesis(w))
             else:
                 raise AdvmixError(f"{store.url} holds no images: pass --generator to decode w")
             ok = model(x).argmax(1) == y
         fooled = torch.zeros_like(ok)
-        if attack == "advmix":
-            result = attacks.advmix(
-                model, G, w, y, k, style_set, steps=steps, restarts=restarts,
-                step_size=step_size, generator=gen,
-            )  # fmt: skip
-            fooled, evaluations = result.fooled, evaluations + result.evaluations
-        elif attack == "randmix":
-            for _ in range(restarts):
-                images, _ = attacks.randmix(G, w, k, gen)
-                with torch.no_grad():
-                    fooled |= model(images).argmax(1) != y
-                evaluations += take
+        if attack_fn is not None:
+            fooled, tried = attack_fn(model, G, w, y, k, style_set, cfg, gen)
+            evaluations += tried
         n += take
         nominal += int(ok.sum())
         robust += int((~fooled).sum())
@@ -144,17 +164,11 @@ def evaluate_store(
         "attack": attack,
         "wall_s": round(time.perf_counter() - started, 2),
     }
-    if attack != "none":
+    if attack_fn is not None:
         out.update(
             robust_accuracy=robust / max(n, 1),
             worst_case_accuracy=worst / max(n, 1),
-            budget={
-                "steps": steps if attack == "advmix" else 0,
-                "restarts": restarts,
-                "step_size": step_size if attack == "advmix" else None,
-                "projection": projection if attack == "advmix" else None,
-                "k": k,
-            },
+            budget=budget(attack, cfg, k),
             evaluations=evaluations,
         )
     return out
@@ -175,9 +189,4 @@ def format_table(rows: list[dict]) -> str:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    runfiles.write_json_atomic(path, payload)

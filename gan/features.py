@@ -5,7 +5,7 @@ trained as a classifier on ``cfmnist:train-random`` (random colours, so the feat
 shape rather than the biased colour). Half width costs a quarter of the FLOPs of VGG16, which
 is what makes CPU inversion affordable; ImageNet weights stay available at full width.
 
-    python -m training.train_features --out advmix/assets/cfmnist-vgg.pt
+    python -m gan.features --out advmix/assets/cfmnist-vgg.pt
 """
 
 from __future__ import annotations

@@ -25,11 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from advmix.classifiers import ClassifierConfig, SmallCNN, load_classifier, save_classifier
-from advmix.stylegan import Generator, seeded_z
-from training.gan import to_unit
+from advmix.classifiers import ClassifierConfig, SmallCNN, predict
+from advmix.datasets import foreground_colour
+from advmix.stylegan import Generator, decode, seeded_z
 
-FG_THRESHOLD = 0.25  # max-channel intensity above which a pixel is foreground
 COLOUR_MIN_DISTANCE = 0.25
 CONFIDENT = 0.8  # diagnostic: class kept over pairs whose A the classifier is sure about
 
@@ -71,8 +70,7 @@ def train_classifier(
         perm = torch.randperm(len(y_all))
         for i in range(len(y_all) // batch):
             idx = perm[i * batch : (i + 1) * batch]
-            x = model.prepare(x_all[idx].float() / 255)
-            loss = F.cross_entropy(model(x), y_all[idx])
+            loss = F.cross_entropy(model(x_all[idx].float() / 255), y_all[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -95,46 +93,19 @@ def train_classifier(
 
 
 @torch.no_grad()
-def predict(model: SmallCNN, images01: Tensor, batch: int = 500) -> Tensor:
-    return torch.cat(
-        [
-            model(model.prepare(images01[i : i + batch])).argmax(1)
-            for i in range(0, len(images01), batch)
-        ]
-    )
-
-
-@torch.no_grad()
 def probabilities(model: SmallCNN, images01: Tensor, batch: int = 500) -> Tensor:
-    return torch.cat(
-        [
-            torch.softmax(model(model.prepare(images01[i : i + batch])), dim=1)
-            for i in range(0, len(images01), batch)
-        ]
-    )
+    return torch.cat([torch.softmax(model(images01[i : i + batch]), dim=1)
+                      for i in range(0, len(images01), batch)])  # fmt: skip
 
 
 @torch.no_grad()
 def features(model: SmallCNN, images01: Tensor, batch: int = 500) -> Tensor:
-    return torch.cat(
-        [
-            model.features(model.prepare(images01[i : i + batch]))
-            for i in range(0, len(images01), batch)
-        ]
-    )
+    return torch.cat([model.features(images01[i : i + batch])
+                      for i in range(0, len(images01), batch)])  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
 # Measurements
-
-
-def foreground_colour(images01: Tensor) -> Tensor:
-    """Mean foreground colour [B, 3], normalised to max channel ~1 (intensity-weighted)."""
-    intensity = images01.amax(dim=1)  # [B, H, W]
-    mask = (intensity > FG_THRESHOLD).float()
-    num = (images01 * mask[:, None]).sum(dim=[2, 3])
-    den = (intensity * mask).sum(dim=[1, 2]).clamp_min(1e-6)[:, None]
-    return num / den
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -147,11 +118,6 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     middle = np.linalg.eigvalsh(sqrt_a @ sb @ sqrt_a)
     tr_sqrt = np.sqrt(np.clip(middle, 0, None)).sum()
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(sa) + np.trace(sb) - 2 * tr_sqrt)
-
-
-@torch.no_grad()
-def decode(G: Generator, ws: Tensor, batch: int = 250) -> Tensor:
-    return torch.cat([to_unit(G.synthesis(ws[i : i + batch])) for i in range(0, len(ws), batch)])
 
 
 def _limited(spec: str, n: int) -> str:
@@ -232,13 +198,3 @@ def evaluate_generator(
         "fd_samples": n,
         "eval_wall_s": round(time.perf_counter() - started, 1),
     }
-
-
-__all__ = [
-    "evaluate_generator",
-    "foreground_colour",
-    "frechet_distance",
-    "load_classifier",
-    "save_classifier",
-    "train_classifier",
-]

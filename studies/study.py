@@ -16,27 +16,28 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import advmix
-from training.cli import main as advmix_cli
+from advmix import shipped
+from cli.main import main as advmix_cli
 
 SPLITS = ("iid", "random", "swapped")
-SHIPPED_GENERATOR = Path(advmix.__file__).parent / "assets" / "cfmnist-G.pt"
 
 
 @dataclass(frozen=True)
-class Method:
+class Arm:
+    """One arm of the study: a label and the ``advmix train`` options that make it."""
+
     name: str  # label in tables
     flags: tuple[str, ...]  # advmix train options
 
 
-METHODS = {
-    "nominal": Method("nominal", ("--method", "nominal")),
-    "at-4": Method("AT 4/255", ("--method", "at", "--eps", "4/255")),
-    "at-8": Method("AT 8/255", ("--method", "at", "--eps", "8/255")),
-    "mixup": Method("mixup", ("--method", "mixup")),
-    "randmix": Method("RandMix", ("--method", "randmix")),
-    "advmix": Method("AdvMix", ("--method", "advmix")),
-    "oracle": Method("oracle (colour-blind)", ("--method", "nominal", "--grayscale")),
+ARMS = {
+    "nominal": Arm("nominal", ("--method", "nominal")),
+    "at-4": Arm("AT 4/255", ("--method", "at", "--eps", "4/255")),
+    "at-8": Arm("AT 8/255", ("--method", "at", "--eps", "8/255")),
+    "mixup": Arm("mixup", ("--method", "mixup")),
+    "randmix": Arm("RandMix", ("--method", "randmix")),
+    "advmix": Arm("AdvMix", ("--method", "advmix")),
+    "oracle": Arm("oracle (colour-blind)", ("--method", "nominal", "--grayscale")),
 }
 
 
@@ -52,7 +53,7 @@ class StudyConfig:
     batch_size: int = 64
     attack_steps: int = 5
     test_limit: int | None = None  # test images per split (None: all 10k)
-    generator: str = str(SHIPPED_GENERATOR)
+    generator: str = str(shipped.GENERATOR)
     extra_train_flags: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -101,11 +102,11 @@ def train(cfg: StudyConfig, method: str, store: Path, seed: int, run_dir: Path) 
     if model.exists():
         say(f"reusing {model}")
         return model
-    say(f"training {METHODS[method].name} (seed {seed}) -> {run_dir}")
+    say(f"training {ARMS[method].name} (seed {seed}) -> {run_dir}")
     resume = ["--resume"] if (run_dir / "checkpoint.pt").exists() else []
     advmix_cli(
         ["train", "--store", str(store), "--generator", cfg.generator,
-         *METHODS[method].flags, "--epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size),
+         *ARMS[method].flags, "--epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size),
          "--attack-steps", str(cfg.attack_steps), "--seed", str(seed), "--out", str(run_dir),
          *cfg.extra_train_flags, *resume]
     )  # fmt: skip
@@ -162,7 +163,7 @@ def run_study(cfg: StudyConfig, out: Path) -> list[dict]:
                 seconds = time.perf_counter() - started
                 timings.record(f"{method} sigma-{sigma:g} seed-{seed}", seconds)
                 results.append({"sigma": sigma, "method": method, "seed": seed, **accuracy})
-                say(f"{METHODS[method].name:>22} sigma {sigma:g} seed {seed}: "
+                say(f"{ARMS[method].name:>22} sigma {sigma:g} seed {seed}: "
                     + ", ".join(f"{s} {accuracy[s]:.3f}" for s in SPLITS)
                     + f" ({seconds:.0f}s)")  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -7,10 +7,12 @@ Both commands validate the store first, so a store that ``info`` describes is al
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
-from training.params import storage_options
+from advmix import shipped
+from cli.options import storage_options
 
 
 @click.group()
@@ -58,6 +60,44 @@ def validate(url: str, storage_options: dict, full: bool, expect_generator: str 
     click.echo(
         f"valid: {opened.url} ({opened.num_samples} samples in {opened.num_shards} shards; {check})"
     )
+
+
+@store.command()
+@click.argument("url")
+@click.option("--generator", type=click.Path(exists=True, dir_okay=False), required=True)
+@click.option(
+    "--classifier",
+    type=click.Path(exists=True, dir_okay=False),
+    default=str(shipped.GRAY_CLASSIFIER),
+    help="Real-data classifier (advmix gan train-classifier); default: the shipped gray one.",
+)
+@click.option("--limit", type=click.IntRange(1, 100_000), default=512, help="Samples measured.")
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--seed", type=int, default=0, help="Seed of the random fine styles.")
+@storage_options
+def report(url, generator, classifier, limit, grid, json_out, seed, storage_options) -> None:
+    """Reconstruction and mixing quality of the latents in the store at URL."""
+    import torch
+
+    from advmix.checkpoints import generator_fingerprint, load_generator
+    from advmix.classifiers import load_classifier
+    from schemas.reader import open_store
+    from training.store_quality import encoding_report, save_grid
+
+    G = load_generator(generator)
+    opened = open_store(url, storage_options, expect_generator=generator_fingerprint(G))
+    model, _ = load_classifier(classifier)
+    with torch.no_grad():
+        metrics, rows = encoding_report(opened, G, model, limit, seed)
+    if grid is not None:
+        save_grid(rows, grid)
+        metrics["grid"] = str(grid)
+    text = json.dumps(metrics, indent=2)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(text + "\n")
+    click.echo(text)
 
 
 def _summary(opened) -> dict:

@@ -1,4 +1,4 @@
-"""Tables and plots of study results (``training.study``): markdown, bar chart, accuracy vs sigma."""
+"""Tables and plots of study results (``studies.study``): markdown, bar chart, accuracy vs sigma."""
 
 from __future__ import annotations
 

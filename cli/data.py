@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from training.params import DATASET_SPEC
+from cli.options import DATASET_SPEC, data_root_option
 
 
 @click.group()
@@ -31,9 +31,7 @@ def data() -> None:
 @click.option(
     "--count", type=click.IntRange(1, 1024), default=100, help="Number of images in the grid."
 )
-@click.option(
-    "--data-root", type=click.Path(file_okay=False), default=None, help="Folder with the IDX files."
-)
+@data_root_option
 def preview(spec, out: Path, count: int, data_root: str | None) -> None:
     """Write a grid of the first COUNT images of a dataset, one row per ten images."""
     import torch

@@ -11,16 +11,19 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
-from training.cli import main as advmix_cli
-from training.report import bar_plot, markdown_table
-from training.study import DEMO, METHODS, StudyConfig, run_study, say
+from advmix.datasets import find_root
+from advmix.errors import DataError
+from cli.main import main as advmix_cli
+from studies.report import bar_plot, markdown_table
+from studies.study import ARMS, DEMO, StudyConfig, run_study, say
 
 
 def write_report(cfg: StudyConfig, out: Path, results: list[dict], wall_s: float) -> Path:
-    names = {key: method.name for key, method in METHODS.items()}
+    names = {key: method.name for key, method in ARMS.items()}
     sigma = cfg.sigmas[0]
     store = out / "stores" / f"sigma-{sigma:g}"
     advmix_cli(
@@ -75,6 +78,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("demo-out"))
     parser.add_argument("--fresh", action="store_true", help="delete OUT first")
     args = parser.parse_args()
+    try:  # the demo claims quality: it needs the full dataset, not the tests' subset
+        find_root("cfmnist")
+    except DataError as exc:
+        sys.exit(f"Error: {exc}")
     if args.fresh and args.out.exists():
         shutil.rmtree(args.out)
     started = time.perf_counter()

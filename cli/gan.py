@@ -7,18 +7,8 @@ from pathlib import Path
 
 import click
 
-import advmix
-from training.params import DATASET_SPEC
-
-DEVICE = click.Choice(["cpu", "cuda"])
-
-
-def _check_device(device: str) -> str:
-    import torch
-
-    if device == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter("CUDA is not available on this machine", param_hint="--device")
-    return device
+from advmix import shipped
+from cli.options import DATASET_SPEC, data_root_option, device_options, set_threads
 
 
 @click.group()
@@ -80,18 +70,10 @@ def gan() -> None:
     help="Iterations between sample and mixing grids.",
 )
 @click.option("--seed", type=int, default=0)
-@click.option("--device", type=DEVICE, default="cpu")
+@device_options
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
-@click.option(
-    "--data-root", type=click.Path(file_okay=False), default=None, help="Folder with the IDX files."
-)
+@data_root_option
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option(
-    "--threads",
-    type=click.IntRange(1),
-    default=None,
-    help="CPU threads for torch [default: torch's choice].",
-)
 @click.option(
     "--time-limit-min",
     type=click.FloatRange(0, min_open=True),
@@ -107,9 +89,8 @@ def train(spec, run_dir: Path, iterations, batch, lr, r1_gamma, r1_interval, sty
     from advmix.discriminator import DiscriminatorConfig
     from advmix.errors import AdvmixError
     from advmix.stylegan import GeneratorConfig
-    from training.gan import GANTrainConfig, GANTrainer, set_threads
+    from gan.train import GANTrainConfig, GANTrainer
 
-    device = _check_device(device)
     set_threads(threads)
     try:
         gcfg = GeneratorConfig(
@@ -156,11 +137,6 @@ def train(spec, run_dir: Path, iterations, batch, lr, r1_gamma, r1_interval, sty
     )
 
 
-SHIPPED_CLASSIFIER = (
-    Path(advmix.__file__).resolve().parent / "assets" / "cfmnist-gray-classifier.pt"
-)
-
-
 @gan.command("train-classifier")
 @click.option(
     "--dataset",
@@ -186,13 +162,12 @@ SHIPPED_CLASSIFIER = (
 )
 @click.option("--seed", type=int, default=0)
 @click.option("--threads", type=click.IntRange(1), default=None)
-@click.option("--data-root", type=click.Path(file_okay=False), default=None)
+@data_root_option
 def train_classifier_cmd(train_spec, test_spec, out: Path, epochs, input_mode, seed, threads,
                          data_root) -> None:  # fmt: skip
     """Train the small evaluation classifier (SmallCNN) used by `advmix gan evaluate`."""
     from advmix.classifiers import save_classifier
-    from training.gan import set_threads
-    from training.gan_eval import train_classifier
+    from gan.evaluate import train_classifier
 
     set_threads(threads)
     model, info = train_classifier(
@@ -215,7 +190,7 @@ def train_classifier_cmd(train_spec, test_spec, out: Path, epochs, input_mode, s
     "--classifier",
     "classifier_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=SHIPPED_CLASSIFIER,
+    default=shipped.GRAY_CLASSIFIER,
     show_default="the shipped gray classifier",
     help="Colour-blind evaluation classifier (`advmix gan train-classifier`).",
 )
@@ -250,20 +225,20 @@ def train_classifier_cmd(train_spec, test_spec, out: Path, epochs, input_mode, s
     help="With --write-k: record this k instead of the chosen one.",
 )
 @click.option("--threads", type=click.IntRange(1), default=None)
-@click.option("--data-root", type=click.Path(file_okay=False), default=None)
+@data_root_option
 def evaluate(generator_path, classifier_path, pairs, fd_samples, truncation, seed, grids,
              write_k, force_k, threads, data_root) -> None:  # fmt: skip
     """Print JSON metrics: class kept and colour following B under mix(A, B, k) for every k,
     Frechet distances to real images, and the chosen k."""
-    from advmix.classifiers import load_classifier
-    from advmix.stylegan import (
+    from advmix.checkpoints import (
         generator_fingerprint,
         load_generator,
         read_generator_checkpoint,
         save_generator,
     )
-    from training.gan import mixing_grid, sample_grid, save_grid, set_threads
-    from training.gan_eval import evaluate_generator
+    from advmix.classifiers import load_classifier
+    from gan.evaluate import evaluate_generator
+    from gan.train import mixing_grid, sample_grid, save_grid
 
     set_threads(threads)
     G = load_generator(generator_path)

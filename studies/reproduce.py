@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-import advmix
-from training.cli import main as advmix_cli
-from training.report import markdown_table, oracle_gap, sigma_plot
-from training.study import METHODS, PRESETS, Timings, run_study, say
+from advmix import shipped
+from cli.main import main as advmix_cli
+from studies.report import markdown_table, oracle_gap, sigma_plot
+from studies.study import ARMS, PRESETS, Timings, run_study, say
 
 
 def machine() -> str:
@@ -37,7 +37,7 @@ def machine() -> str:
 
 # A colour-blind SmallCNN trained on all 60k grey training images (docs/model-card-generator.md):
 # a ceiling the study's own oracle, trained on the study's few images and epochs, cannot reach.
-REFERENCE = Path(advmix.__file__).parent / "assets" / "cfmnist-gray-classifier.pt"
+REFERENCE = shipped.GRAY_CLASSIFIER
 
 
 def reference_accuracy(out: Path, split: str = "random") -> float:
@@ -82,14 +82,14 @@ def main() -> None:
     started = time.perf_counter()
     results = run_study(cfg, args.out)
     wall_min = (time.perf_counter() - started) / 60
-    names = {key: method.name for key, method in METHODS.items()}
+    names = {key: method.name for key, method in ARMS.items()}
     plot = args.results.parent / "img" / "accuracy-vs-sigma.png"
     sigma_plot(results, names, plot)
     compute_min = Timings(args.out / "timings.json").total / 60
     args.results.write_text(
         f"""# Results: Colored Fashion-MNIST
 
-Produced by `make reproduce` (`python -m training.reproduce --device {args.device}`, preset
+Produced by `make reproduce` (`python -m studies.reproduce --device {args.device}`, preset
 `{preset}`) on {machine()}: {compute_min:.0f} min of summed step times ({wall_min:.0f} min in
 the last sitting). Mean ± standard deviation over seeds {list(cfg.seeds)}; classifiers
 trained on {cfg.train_images} biased-colour training images per sigma (one latent store per

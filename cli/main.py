@@ -12,12 +12,11 @@ import sys
 import click
 
 from advmix.errors import AdvmixError
+from cli.data import data
+from cli.gan import gan
+from cli.store import store
+from cli.train import evaluate, train
 from schemas.errors import StoreError
-from training.cli_data import data
-from training.cli_gan import gan
-from training.cli_store import store
-from training.cli_train import evaluate, train
-from training.store_report import report
 
 CONTEXT = {
     "auto_envvar_prefix": "ADVMIX",
@@ -25,7 +24,7 @@ CONTEXT = {
     "help_option_names": ["-h", "--help"],
 }
 
-# Exception types whose message is the whole story; extended as packages add their own.
+# Exception types whose message is the whole story: the core's and the store contract's.
 USER_ERRORS: tuple[type[BaseException], ...] = (AdvmixError, StoreError)
 
 
@@ -40,7 +39,6 @@ cli.add_command(gan)
 cli.add_command(store)
 cli.add_command(train)
 cli.add_command(evaluate)
-store.add_command(report)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,16 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from advmix.checkpoints import atomic_save, safe_load, save_generator
 from advmix.discriminator import Discriminator, DiscriminatorConfig
 from advmix.errors import AdvmixError
-from advmix.stylegan import (
-    Generator,
-    GeneratorConfig,
-    _atomic_torch_save,
-    safe_torch_load,
-    save_generator,
-    seeded_z,
-)
+from advmix.stylegan import Generator, GeneratorConfig, seeded_z, to_unit
 
 TRAIN_CHECKPOINT_FORMAT = "advmix-gan-training-state"
 
@@ -86,11 +80,6 @@ class GANTrainConfig:
 
 def iteration_seed(seed: int, it: int) -> int:
     return (seed * 1_000_003 + it * 7919 + 12345) % (2**63 - 1)
-
-
-def to_unit(images: Tensor) -> Tensor:
-    """Generator output in [-1, 1] -> [0, 1] (clamped)."""
-    return (images.clamp(-1, 1) + 1) / 2
 
 
 def images_to_generator_range(images_uint8: Tensor) -> Tensor:
@@ -179,11 +168,11 @@ class GANTrainer:
         }
 
     def save_checkpoint(self) -> None:
-        _atomic_torch_save(self.state(), self.checkpoint_path)
+        atomic_save(self.state(), self.checkpoint_path)
 
     def load_checkpoint(self, path: Path | None = None) -> None:
         path = path or self.checkpoint_path
-        data = safe_torch_load(path, map_location=self.device, what="GAN training checkpoint")
+        data = safe_load(path, map_location=self.device, what="GAN training checkpoint")
         if not isinstance(data, dict) or data.get("format") != TRAIN_CHECKPOINT_FORMAT:
             raise AdvmixError(f"{path}: not an advmix GAN training checkpoint")
         stored = GANTrainConfig.from_dict(json.loads(data["config"]))

@@ -1,0 +1,68 @@
+"""``TrainConfig``: every setting of a training run, typed once.
+
+The fields carry their option specs (``advmix.settings``): ``advmix train`` builds its options
+from them, the trainer reads them, the run record and checkpoints store them flat under their
+option names (``attack_steps``, ``eps``, ...), and ``--config`` files use the same names.
+Algorithm 2's settings are ``AdvMixConfig`` (shared with ``advmix evaluate``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from advmix.attacks import AdvMixConfig
+from advmix.settings import as_flat_dict, check, setting
+from training.methods import METHODS, TRAIN_ON
+
+# What a step trains on when --train-on is not given: AT trains on its adversarial examples
+# alone (Madry et al.); the mixing methods on the nominal batch and its mixes.
+DEFAULT_TRAIN_ON = {"at": "mixes", "randmix": "both", "advmix": "both"}
+
+
+@dataclass
+class TrainConfig:
+    store: str = setting(help="Latent store URL (any fsspec URL).")
+    generator: str = setting(
+        help="Generator checkpoint; must be the one the store was encoded with.", kind="file"
+    )
+    method: str = setting("advmix", "Training method.", choices=tuple(METHODS), fixed=True)
+    epochs: int = setting(10, "Epochs (may grow on --resume).", low=1)
+    batch_size: int = setting(64, "Examples per step.", low=1, fixed=True)
+    lr: float = setting(1e-3, "Adam learning rate.", low=0, low_open=True, fixed=True)
+    weight_decay: float = setting(0.0, "Adam weight decay.", low=0, fixed=True)
+    seed: int = setting(0, "Seeds the model, the data order and every draw.", low=0, fixed=True)
+    train_on: str | None = setting(
+        None, "Train on nominal + perturbed examples, or perturbed only "
+        "[default: both for advmix/randmix, mixes for at].", choices=TRAIN_ON, fixed=True,
+    )  # fmt: skip
+    eps: float = setting(8 / 255, "AT l_inf radius, pixel units (e.g. 8/255).", low=0, high=1,
+                         kind="fraction", fixed=True)  # fmt: skip
+    pgd_steps: int = setting(7, "AT PGD steps.", low=1, fixed=True)
+    mixup_alpha: float = setting(1.0, "mixup Beta(alpha, alpha).", low=0, low_open=True, fixed=True)
+    grayscale: bool = setting(
+        False, "Colour-blind classifier (max over RGB) at train and eval: the oracle baseline.",
+        fixed=True,
+    )  # fmt: skip
+    width: int = setting(32, "SmallCNN width.", low=1, fixed=True)
+    buffer_size: int = setting(4096, "Shuffle buffer.", low=0, fixed=True)
+    workers: int = setting(0, "DataLoader workers.", low=0, fixed=True)
+    checkpoint_every: int = setting(50, "Steps between checkpoints.", low=1)
+    log_every: int = setting(10, "Steps between metric lines.", low=1)
+    max_steps: int | None = setting(None, "Stop after N steps in total.", low=1)
+    attack: AdvMixConfig = field(default_factory=AdvMixConfig)
+    storage_options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check(self)
+        if self.train_on is None:
+            self.train_on = DEFAULT_TRAIN_ON.get(self.method, "both")
+
+    def to_dict(self, redact: bool = True) -> dict:
+        """Flat ``{option name: value}``, the form run records and checkpoints keep."""
+        data = {**as_flat_dict(self), "storage_options": dict(self.storage_options)}
+        if redact:
+            from schemas.urls import mask, redact_url
+
+            data["storage_options"] = mask(data["storage_options"])
+            data["store"] = redact_url(data["store"])
+        return data
