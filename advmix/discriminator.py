@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advmix.stylegan import LRELU_GAIN, FullyConnectedLayer
+from advmix.layers import LRELU_GAIN, FullyConnectedLayer
 
 
 @dataclass

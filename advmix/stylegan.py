@@ -38,9 +38,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advmix.errors import AdvmixError
+from advmix.layers import (
+    LRELU_GAIN,
+    FullyConnectedLayer,
+    demodulation,
+    modulated_conv2d,
+    normalize_2nd_moment,
+    upsample2x,
+)
 
 NOISE_MODES = ("const", "random", "none")
-LRELU_GAIN = math.sqrt(2.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,72 +108,6 @@ class GeneratorConfig:
 
 # ----------------------------------------------------------------------------------------------
 # Layers
-
-
-def normalize_2nd_moment(x: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
-    return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
-
-
-def demodulation(weight: Tensor, styles: Tensor) -> Tensor:
-    """[B, O] coefficients that give every output channel of the modulated weight unit norm."""
-    # sum_{i,k} (w[o,i,k] * s[b,i])^2 = sum_i s[b,i]^2 * (sum_k w[o,i,k]^2)
-    wsq = weight.square().sum(dim=[2, 3])  # [O, I]
-    return (styles.square() @ wsq.t() + 1e-8).rsqrt()
-
-
-def modulated_conv2d(
-    x: Tensor,  # [B, I, H, W]
-    weight: Tensor,  # [O, I, kh, kw]
-    styles: Tensor,  # [B, I]
-    demodulate: bool = True,
-    padding: int = 0,
-    grouped: bool = False,
-) -> Tensor:
-    """StyleGAN2 modulated convolution; non-grouped by default (same result as grouped)."""
-    batch, in_ch, height, width = x.shape
-    out_ch, _, kh, kw = weight.shape
-    dcoefs = demodulation(weight, styles) if demodulate else None
-    if not grouped:
-        x = F.conv2d(x * styles[:, :, None, None], weight, padding=padding)
-        return x if dcoefs is None else x * dcoefs[:, :, None, None]
-    w = weight[None] * styles[:, None, :, None, None]  # [B, O, I, kh, kw]
-    if dcoefs is not None:
-        w = w * dcoefs[:, :, None, None, None]
-    x = x.reshape(1, batch * in_ch, height, width)
-    x = F.conv2d(x, w.reshape(batch * out_ch, in_ch, kh, kw), padding=padding, groups=batch)
-    return x.reshape(batch, out_ch, x.shape[2], x.shape[3])
-
-
-def upsample2x(x: Tensor) -> Tensor:
-    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-
-
-class FullyConnectedLayer(nn.Module):
-    """Linear layer with equalised learning rate (weights stored as N(0, 1/lr_multiplier))."""
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        activation: str = "linear",
-        lr_multiplier: float = 1.0,
-        bias_init: float = 0.0,
-    ):
-        super().__init__()
-        self.activation = activation
-        self.weight = nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
-        self.bias = nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
-        self.weight_gain = lr_multiplier / math.sqrt(in_features)
-        self.bias_gain = lr_multiplier
-
-    def forward(self, x: Tensor) -> Tensor:
-        w = self.weight * self.weight_gain
-        b = self.bias * self.bias_gain if self.bias is not None else None
-        x = F.linear(x, w, b)
-        if self.activation == "lrelu":
-            x = F.leaky_relu(x, 0.2) * LRELU_GAIN
-        return x
 
 
 class MappingNetwork(nn.Module):

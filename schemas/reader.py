@@ -26,7 +26,7 @@ from schemas.layout import DEAD_LETTER, GROUP_METADATA, INDEX, MANIFEST, Layout,
 from schemas.manifest import Manifest, parse_manifest
 from schemas.plan import plan_parts, read_plan
 from schemas.shard_decode import ShardFormat, decode_shard
-from schemas.urls import Location, _client_errors
+from schemas.urls import Location, client_errors
 from schemas.validate import check_store
 
 
@@ -245,7 +245,7 @@ class Store:
             yield
         except StoreError:
             raise
-        except (KeyError, ValueError, RuntimeError, OSError, *_client_errors()) as exc:
+        except (KeyError, ValueError, RuntimeError, OSError, *client_errors()) as exc:
             first = (str(exc).strip().splitlines() or [""])[0][:200]
             raise StoreError(
                 f"{self.url}: cannot read {what} ({type(exc).__name__}: {first}); "

@@ -142,7 +142,7 @@ class Location:
             raise
         except FileNotFoundError:
             raise
-        except (OSError, *_client_errors()) as exc:
+        except (OSError, *client_errors()) as exc:
             first = (str(exc).strip().splitlines() or [""])[0][:300]
             raise StoreError(
                 f"cannot {action} {self.display}: {type(exc).__name__}: {first}"
@@ -222,7 +222,7 @@ class Location:
         return objects
 
 
-def _client_errors() -> tuple[type[BaseException], ...]:
+def client_errors() -> tuple[type[BaseException], ...]:
     # botocore raises its own types for unreachable endpoints and missing credentials.
     try:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -168,7 +168,7 @@ class StoreWriter:
         start, stop = self.layout.shard_bounds(shard)
         count = stop - start
         w, labels, images = self._check_arrays(shard, count, w, labels, images)
-        table = self._index_table(shard, start, count, labels, rows)
+        table = self.index_table(shard, start, count, labels, rows)
 
         # A stale record must not vouch for objects being replaced: drop it first, write it last.
         # Leftover shard objects go too: zarr merges a shard write into the stored shard, so a
@@ -182,7 +182,7 @@ class StoreWriter:
             arrays["label"][start:stop] = labels
             if images is not None:
                 arrays["image"][start:stop] = images
-        self.location.write(index_part_path(shard), _parquet_bytes(table))
+        self.location.write(index_part_path(shard), parquet_bytes(table))
 
         # Hash what actually landed, read back: the record then proves the stored bytes.
         objects = []
@@ -217,7 +217,7 @@ class StoreWriter:
             for name in DEAD_LETTER_SCHEMA.names
         ]
         table = pa.Table.from_arrays(arrays, schema=DEAD_LETTER_SCHEMA)
-        self.location.write(dead_letter_part_path(part), _parquet_bytes(table))
+        self.location.write(dead_letter_part_path(part), parquet_bytes(table))
         return count
 
     def commit(self, *, code_version: str | None = None) -> Manifest:
@@ -232,7 +232,7 @@ class StoreWriter:
                 f"shards not written ({shown})"
             )
         # One row group per shard, so a reader can fetch one shard's rows alone.
-        index = _parquet_bytes(self._merged_index(), self.layout.shard_size)
+        index = parquet_bytes(self._merged_index(), self.layout.shard_size)
         index_entry = ObjectEntry.of(INDEX, index)
         self.location.write(INDEX, index)
         dead, num_dead = self._merged_dead_letters()
@@ -296,7 +296,7 @@ class StoreWriter:
                 )
         return w, labels, images
 
-    def _index_table(self, shard, start, count, labels, rows) -> pa.Table:
+    def index_table(self, shard, start, count, labels, rows) -> pa.Table:
         columns = _columns(rows, f"shard {shard} rows")
         reserved = set(columns) & set(WRITER_COLUMNS)
         if reserved:
@@ -377,7 +377,7 @@ class StoreWriter:
         tables = [pq.read_table(io.BytesIO(self.location.read(p))) for p in parts]
         tables = [t.cast(DEAD_LETTER_SCHEMA) for t in tables] or [DEAD_LETTER_SCHEMA.empty_table()]
         merged = pa.concat_tables(tables)
-        return _parquet_bytes(merged), merged.num_rows
+        return parquet_bytes(merged), merged.num_rows
 
 
 def _columns(rows: Rows, what: str) -> dict[str, list]:
@@ -399,7 +399,7 @@ def _texts(values, name: str, count: int) -> list[str | None]:
     return [None if v is None else str(v) for v in values]
 
 
-def _parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
+def parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
     # Same table, same pyarrow: same bytes. No pandas metadata, no timestamps.
     sink = io.BytesIO()
     pq.write_table(table, sink, row_group_size=row_group_size)

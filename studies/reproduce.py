@@ -57,7 +57,7 @@ def gap_text(gap: dict, names: dict[str, str]) -> str:
     return f"""## Oracle gap at the strongest correlation (sigma {gap["sigma"]:g})
 
 Share of the gap between the nominal classifier and the colour-blind oracle on
-`{gap["split"]}` colours that each method closes (mean accuracies; target for AdvMix: 80%).
+`{gap["split"]}` colours that each method closes (mean accuracies).
 The study's oracle gets the same images and epochs as every other method, which leaves it
 undertrained; the last column uses a stronger ceiling instead: the shipped colour-blind
 classifier (`{REFERENCE.name}`, trained on all 60k grey training images), which scores

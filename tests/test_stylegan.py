@@ -8,7 +8,8 @@ import torch
 from advmix.checkpoints import generator_fingerprint, load_generator, save_generator
 from advmix.discriminator import Discriminator, DiscriminatorConfig
 from advmix.errors import AdvmixError
-from advmix.stylegan import Generator, GeneratorConfig, modulated_conv2d
+from advmix.layers import modulated_conv2d
+from advmix.stylegan import Generator, GeneratorConfig
 
 
 def tiny(resolution=32, **kw) -> Generator:
