@@ -62,9 +62,10 @@ def safe_load(path, map_location="cpu", what: str = "checkpoint"):
             f"{path}: refused to load {what}: it contains code or objects other than tensors and "
             f"plain containers (weights_only=True): {code[0][:200]}"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable {what} ({msg[:200]})") from None
+    except Exception as exc:  # text, a truncated or foreign file: whatever the parser tripped on
+        msg = str(exc).strip().split(". ")[0].splitlines()[0] if str(exc).strip() else ""
+        reason = f"{type(exc).__name__}: {msg}"[:120] if msg else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable {what} ({reason})") from None
 
 
 def state_fingerprint(config_json: str, state: dict[str, Tensor]) -> str:

@@ -65,13 +65,25 @@ def _write(url, layout, storage_options=None, fingerprint=None, w=None, labels=N
 
 
 def _raw_epoch(url, storage_options) -> float:
-    """Samples/s of reading every shard whole (w, label, image), in shard order, with the
-    store's own whole-shard read (``Store.read_arrays``)."""
+    """Samples/s of reading every shard whole (w, label, image), in shard order, and decoding
+    it with nothing else: one GET per object and ``decode_shard``, no checksum (a reader
+    verifies every object's sha256 on top of this)."""
+    import zarr
+
     from schemas.reader import open_store
+    from schemas.shard_decode import ShardFormat, decode_shard
 
     store = open_store(url, storage_options)
+    group = zarr.open_group(store.location.zarr_store(read_only=True), mode="r")
+    specs = store.layout.arrays
+    formats = {name: ShardFormat.of(group[name]) for name in ("w", "label", "image")}
     started = time.perf_counter()
-    count = sum(len(store.read_arrays(s)["label"]) for s in range(store.num_shards))
+    count = 0
+    for shard in range(store.num_shards):
+        a, b = store.shard_bounds(shard)
+        for name, fmt in formats.items():
+            decode_shard(store.location.read(specs[name].key(name, shard)), fmt, b - a)
+        count += b - a
     return count / (time.perf_counter() - started)
 
 
@@ -127,7 +139,7 @@ def measure_throughput() -> dict:
 
     with moto_s3() as options:
         s3 = _throughput("s3://advmix/bench.zarr", options)
-    return {"local": local, "s3_emulator": s3, "target_stream_vs_raw": ">= 0.8"}
+    return {"local": local, "s3_emulator": s3}
 
 
 # ----------------------------------------------------------------------------------------------

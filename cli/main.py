@@ -7,6 +7,7 @@ errors (bad option values) are click's and exit 2.
 
 from __future__ import annotations
 
+import io
 import sys
 
 import click
@@ -17,6 +18,7 @@ from cli.gan import gan
 from cli.store import store
 from cli.train import evaluate, train
 from schemas.errors import StoreError
+from schemas.urls import install_redaction, redact
 
 CONTEXT = {
     "auto_envvar_prefix": "ADVMIX",
@@ -42,6 +44,9 @@ cli.add_command(evaluate)
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Whatever this process prints (errors, logs, the traceback of a bug) goes out without
+    # the credentials it was given in URLs, options or the environment.
+    install_redaction()
     try:
         cli.main(args=argv, prog_name="advmix", standalone_mode=False)
     except click.exceptions.Abort:
@@ -50,10 +55,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        shown = io.StringIO()
+        exc.show(file=shown)
+        sys.stderr.write(redact(shown.getvalue()))
         sys.exit(exc.exit_code)
     except USER_ERRORS as exc:
-        click.echo(f"Error: {exc}", err=True)
+        click.echo(f"Error: {redact(str(exc))}", err=True)
         sys.exit(1)
 
 

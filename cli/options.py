@@ -8,6 +8,7 @@ from the dataclass, so a setting is written once. Parsing errors become usage er
 from __future__ import annotations
 
 import json
+import math
 import re
 import tomllib
 from dataclasses import MISSING
@@ -60,6 +61,16 @@ class FractionType(click.ParamType):
         return number
 
 
+class FiniteFloatRange(click.FloatRange):
+    """A float in a range, never nan or infinite (those pass click's own range checks)."""
+
+    def convert(self, value, param, ctx) -> float:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
 class StorageOptionType(click.ParamType):
     """``KEY=VALUE`` for fsspec; VALUE is JSON when it parses (``anon=true``), else a string."""
 
@@ -105,7 +116,7 @@ def _click_type(kind: type, spec):
     if kind is int:
         return click.IntRange(spec.low, spec.high)
     if kind is float:
-        return click.FloatRange(spec.low, spec.high, min_open=spec.low_open)
+        return FiniteFloatRange(spec.low, spec.high, min_open=spec.low_open)
     return click.STRING
 
 

@@ -11,11 +11,16 @@ from pathlib import Path
 import fsspec
 
 from advmix.errors import AdvmixError
+from schemas.urls import one_line, redact, remember_secrets
 
 
 def local_copy(url: str, storage_options: dict | None = None) -> str:
     """A local path holding the bytes at ``url`` (the path itself when it is already local)."""
-    fs, path = fsspec.url_to_fs(url, **(storage_options or {}))
+    remember_secrets(url, storage_options)
+    try:
+        fs, path = fsspec.url_to_fs(url, **(storage_options or {}))
+    except (ValueError, ImportError, TypeError) as exc:  # scheme unknown or not installed
+        raise AdvmixError(f"cannot fetch {redact(url)}: {one_line(exc)}") from None
     if "file" in fs.protocol or "local" in fs.protocol:
         return path
     digest = hashlib.sha256(url.encode()).hexdigest()[:16]
@@ -25,7 +30,7 @@ def local_copy(url: str, storage_options: dict | None = None) -> str:
         partial = target.with_suffix(f".{os.getpid()}.part")
         try:
             fs.get_file(path, str(partial))
-        except (OSError, ValueError) as exc:
-            raise AdvmixError(f"cannot fetch {url}: {str(exc).splitlines()[0]}") from None
+        except Exception as exc:  # any client failure (credentials, endpoint, missing object)
+            raise AdvmixError(f"cannot fetch {redact(url)}: {one_line(exc)}") from None
         os.replace(partial, target)  # atomic, so a concurrent process never reads half a file
     return str(target)

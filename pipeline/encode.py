@@ -37,18 +37,26 @@ from pipeline.transforms import (
     write_dead_letters,
 )
 from schemas.errors import StoreError
-from schemas.layout import Layout
+from schemas.layout import MANIFEST, Layout
+from schemas.lease import WriterLease
 from schemas.manifest import Provenance
 from schemas.reader import open_store
-from schemas.urls import parse_storage_option
+from schemas.urls import Location, install_redaction, parse_storage_option, redact
 from schemas.writer import StoreWriter
 
 log = logging.getLogger("pipeline.encode")
 MAX_STORED_IMAGE_PIXELS = 64 * 64  # keep source images in the store up to this size
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line and exit 2 (argparse would print the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"Error: {message} (see python -m pipeline.encode --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m pipeline.encode",
         description="Invert images into a latent store (Algorithm 1) with Apache Beam. "
         "Unknown options are passed to Beam.",
@@ -126,6 +134,10 @@ def run(argv: list[str] | None = None) -> dict:
     if _runs_here(options):  # a Dataflow launcher has no GPU of its own; its workers check
         resolve_device(args.device)
     storage_options = dict(parse_storage_option(text) for text in args.storage_option)
+    output = Location(args.output, storage_options)
+    if not args.overwrite and output.exists(MANIFEST):  # before any work, not after it
+        raise StoreError(f"{output.display} is already a committed store; pass --overwrite to "
+                         "replace it")  # fmt: skip
     G = load_generator(local_copy(args.generator, storage_options))
     load_features(args.features)  # fail here, not on a worker, when the weights are unusable
     k = resolve_k(G, args.k)
@@ -168,7 +180,7 @@ def run(argv: list[str] | None = None) -> dict:
         StoreWriter.open(args.output, storage_options).commit()
         return args.output
 
-    with beam.Pipeline(options=options) as pipeline:
+    with WriterLease(output), beam.Pipeline(options=options) as pipeline:
         decoded = (
             pipeline
             | "List" >> beam.Create(listing.refs, reshuffle=True)
@@ -227,9 +239,11 @@ def run(argv: list[str] | None = None) -> dict:
 
     store = open_store(args.output, storage_options)
     counts = {
+        "listed": listing.listed,
         "read": len(listing.refs),
         "encoded": store.num_samples,
         "rejected": store.num_dead_letters,
+        "skipped": listing.skipped,
         "resumed_shards": len(completed),
         "mean_rec_psnr": round(float(store.index()["rec_psnr"].mean()), 3),
     }
@@ -252,13 +266,24 @@ def _completed_shards(url: str, storage_options: dict, overwrite: bool) -> set[i
         return set()  # nothing there yet (or a committed store, which create() will refuse)
 
 
+class _StepFailures(logging.Filter):
+    """Drops Beam's log of a failing step (a traceback): the job stops and ``main`` prints the
+    failure once, as one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("apache_beam") and record.levelno >= logging.ERROR)
+
+
 def configure_logging() -> None:
-    """Show the job's progress lines (INFO) and Beam's warnings only."""
+    """Show the job's progress lines (INFO) and other libraries' warnings, credentials redacted."""
     # force: importing Beam already logged through the root logger, which configured it.
     logging.basicConfig(
-        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True
+        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True
     )
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    logging.getLogger("pipeline").setLevel(logging.INFO)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_StepFailures())
+    install_redaction()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -266,11 +291,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         counts = run(argv)
     except (AdvmixError, StoreError, ValueError) as exc:
-        print(f"Error: {str(exc).splitlines()[-1]}", file=sys.stderr)
+        # Beam re-raises a step's exception with the step's name appended to its message.
+        print(f"Error: {redact(str(exc).strip().splitlines()[-1])}", file=sys.stderr)
         sys.exit(1)
     print(
-        f"read {counts['read']}, encoded {counts['encoded']}, rejected {counts['rejected']} "
-        f"(resumed {counts['resumed_shards']} shards); mean PSNR {counts['mean_rec_psnr']} dB"
+        f"listed {counts['listed']}: encoded {counts['encoded']}, rejected {counts['rejected']}, "
+        f"skipped {counts['skipped']} hidden (resumed {counts['resumed_shards']} shards); "
+        f"mean PSNR {counts['mean_rec_psnr']} dB"
     )
 
 

@@ -4,14 +4,23 @@ Three kinds, chosen from the ``--input`` string:
 - a dataset spec (``cfmnist:train?limit=1000``): samples are rebuilt on the worker from the spec;
 - a Parquet file URL (``.../images.parquet``): one row per sample, encoded image bytes + label;
 - a folder URL with one subfolder per class (``s3://bucket/images/``): label = subfolder name.
+  Every file below it is an input, whatever its name: it is encoded, or dead-lettered with
+  its reason (not an image, not in a class folder, wrong size); hidden files and everything
+  in hidden folders (``.ipynb_checkpoints/``, ``.DS_Store``) are skipped and counted, so the
+  job's summary adds up to the files listed.
 Listing is cheap and deterministic (sorted), so a sample's position, and therefore its shard,
 is the same on every run: that is what lets an interrupted encode resume.
+
+Images are decoded by Pillow (any format it reads), turned upright by their EXIF orientation,
+and converted to 8-bit RGB with their range scaled: 16-bit images by 255/65535, float images
+from [0, 1].
 """
 
 from __future__ import annotations
 
 import functools
 import io
+import re
 from dataclasses import dataclass, field
 
 import fsspec
@@ -20,8 +29,7 @@ import numpy as np
 from advmix.datasets import load
 from advmix.errors import DataError
 from advmix.spec import SPLITS, parse_spec
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+from schemas.urls import one_line, redact, remember_secrets
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,11 @@ class Listing:
     source: str
     refs: list[SampleRef]
     label_names: tuple[str, ...]
+    skipped: int = 0  # hidden files of a folder, not inputs
+
+    @property
+    def listed(self) -> int:
+        return len(self.refs) + self.skipped
 
 
 class Rejected(Exception):
@@ -52,6 +65,7 @@ def is_dataset_spec(text: str) -> bool:
 
 
 def list_inputs(source: str, storage_options: dict | None = None, **columns) -> Listing:
+    remember_secrets(source, storage_options)  # so no message quotes them
     if is_dataset_spec(source):
         return _list_spec(source)
     if source.rstrip("/").endswith(".parquet"):
@@ -75,22 +89,35 @@ def _load_spec(spec: str):
 
 
 def _list_folder(url: str, storage_options: dict) -> Listing:
-    fs, root = fsspec.url_to_fs(url, **storage_options)
-    if not fs.isdir(root):
-        raise DataError(f"{url}: not a folder, a .parquet file or a dataset spec")
-    files = sorted(p for p in fs.find(root) if p.lower().endswith(IMAGE_SUFFIXES))
-    if not files:
-        raise DataError(f"{url}: no image files ({', '.join(IMAGE_SUFFIXES)}) found")
+    try:
+        fs, root = fsspec.url_to_fs(url, **storage_options)
+        if not fs.isdir(root):
+            raise DataError(f"{redact(url)}: not a folder, a .parquet file or a dataset spec")
+        files = sorted(fs.find(root))
+    except DataError:
+        raise
+    except Exception as exc:  # any client failure (credentials, endpoint, bucket): one line
+        raise DataError(f"cannot list {redact(url)}: {one_line(exc)}") from None
     root = root.rstrip("/")
-    classes = sorted({rel.split("/")[0] for rel in _relative(files, root) if "/" in rel})
+    relative = _relative(files, root)
+    visible = [(path, rel) for path, rel in zip(files, relative, strict=True) if not _hidden(rel)]
+    if not visible:
+        raise DataError(f"{redact(url)}: no files found (hidden files are skipped)")
+    classes = sorted({rel.split("/")[0] for _, rel in visible if "/" in rel})
     if not classes:
-        raise DataError(f"{url}: images must sit in one subfolder per class")
+        raise DataError(f"{redact(url)}: images must sit in one subfolder per class")
     label_of = {name: i for i, name in enumerate(classes)}
-    refs = []
-    for position, (path, rel) in enumerate(zip(files, _relative(files, root), strict=True)):
-        label = label_of.get(rel.split("/")[0]) if "/" in rel else None
-        refs.append(SampleRef(position, rel, fs.unstrip_protocol(path), label))
-    return Listing("folder", url, refs, tuple(classes))
+    refs = [
+        SampleRef(position, rel, fs.unstrip_protocol(path),
+                  label_of.get(rel.split("/")[0]) if "/" in rel else None)
+        for position, (path, rel) in enumerate(visible)
+    ]  # fmt: skip
+    return Listing("folder", url, refs, tuple(classes), skipped=len(files) - len(visible))
+
+
+def _hidden(rel: str) -> bool:
+    """A file whose name, or any folder's name on its path, starts with a dot."""
+    return any(part.startswith(".") for part in rel.split("/"))
 
 
 def _relative(paths: list[str], root: str) -> list[str]:
@@ -164,17 +191,40 @@ def _read(uri: str, storage_options: dict) -> bytes:
         with fsspec.open(uri, "rb", **storage_options) as f:
             return f.read()
     except OSError as exc:
-        raise Rejected(f"unreadable: {exc}") from None
+        raise Rejected(f"unreadable: {type(exc).__name__}: {_stable(str(exc))}") from None
+
+
+def _stable(message: str) -> str:
+    """An exception message fit for a dead-letter table: one line, no credentials, and no
+    memory addresses (``<_io.BytesIO object at 0x7f...>``), so that two runs of the same job
+    write the same table."""
+    first = (message.strip().splitlines() or [""])[0]
+    return redact(re.sub(r"<([\w.]+) object at 0x[0-9a-fA-F]+>", r"<\1>", first))[:160]
 
 
 def _decode_bytes(raw: bytes | None) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not raw:
-        raise Rejected("empty image bytes")
+        raise Rejected("empty file")
     try:
         with Image.open(io.BytesIO(raw)) as img:
-            rgb = np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise Rejected(f"undecodable image: {str(exc).splitlines()[0][:120]}") from None
+            upright = ImageOps.exif_transpose(img)  # a camera's rotation, applied
+            rgb = _to_rgb8(upright)
+    except UnidentifiedImageError:
+        raise Rejected("not an image Pillow can read") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise Rejected(f"undecodable image: {_stable(str(exc))}") from None
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+
+
+def _to_rgb8(img) -> np.ndarray:
+    """[H, W, 3] uint8 of a Pillow image of any mode, its value range scaled to 0..255."""
+    if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit (Pillow widens some to "I")
+        values = np.asarray(img, dtype=np.float64) * (255.0 / 65535.0)
+    elif img.mode == "F":  # float: [0, 1]
+        values = np.asarray(img, dtype=np.float64) * 255.0
+    else:
+        return np.asarray(img.convert("RGB"))
+    gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return np.repeat(gray[:, :, None], 3, axis=2)

@@ -4,8 +4,10 @@
     for shard in store.iter_shards():             # one GET per array per shard
         shard.w, shard.labels, shard.images, shard.rows
 
-Whole shards are the efficient unit (one request per array); ``read_sample`` costs two requests
-per array (shard index, then the chunk), so loaders should read shards and shuffle in memory.
+Whole shards are the efficient unit (one request per array), so loaders should read shards
+and shuffle in memory. Every object a reader decodes (array metadata, shard objects, the
+index, the dead letters) is checked against the sha256 the manifest records before it is
+used: a damaged store is refused with one line naming the shard, never silently read.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -23,7 +26,7 @@ import pyarrow.parquet as pq
 
 from schemas.errors import StoreError
 from schemas.layout import DEAD_LETTER, GROUP_METADATA, INDEX, MANIFEST, Layout, record_path
-from schemas.manifest import Manifest, parse_manifest
+from schemas.manifest import Manifest, ObjectEntry, parse_manifest, sha256_hex
 from schemas.plan import plan_parts, read_plan
 from schemas.shard_decode import ShardFormat, decode_shard
 from schemas.urls import Location, client_errors
@@ -52,6 +55,19 @@ class Sample:
     label: int
     image: np.ndarray | None
     row: dict
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _hashing_pool() -> ThreadPoolExecutor:
+    """Threads that hash shard objects while they decode (one pool per process: threads do
+    not survive a DataLoader worker's fork)."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
+                                                 thread_name_prefix="store-sha256"))  # fmt: skip
+    return _POOL[1]
 
 
 def open_store(
@@ -180,11 +196,41 @@ class Store:
             return {name: self._read_whole(name, shard, start, stop) for name in names}
 
     def _read_whole(self, name: str, shard: int, start: int, stop: int) -> np.ndarray:
+        rel = self.layout.arrays[name].key(name, shard)
         fmt = self._formats[name]
-        if fmt is None:  # codecs or chunking that shard_decode does not know
+        if fmt is None:  # codecs or chunking that shard_decode does not know: zarr reads it
+            self.read_verified(rel)
             return np.asarray(self._arrays[name][start:stop])
-        blob = self.location.read(self.layout.arrays[name].key(name, shard))
-        return decode_shard(blob, fmt, stop - start)
+        blob = self.location.read(rel)
+        # sha256 and zstd both release the GIL: hash beside the decode, return after both.
+        verdict = _hashing_pool().submit(self._verify, rel, blob)
+        try:
+            values = decode_shard(blob, fmt, stop - start)
+        except Exception:
+            verdict.result()  # damaged bytes are reported as damaged, not as a decode error
+            raise
+        verdict.result()
+        return values
+
+    def read_verified(self, rel: str) -> bytes:
+        """The bytes of the object ``rel``, refused unless they are the ones the manifest
+        vouches for (size and sha256)."""
+        data = self.location.read(rel)
+        self._verify(rel, data)
+        return data
+
+    def _verify(self, rel: str, data: bytes) -> None:
+        shard, entry = self._entries[rel]
+        if len(data) != entry.size or sha256_hex(data) != entry.sha256:
+            what = f"shard {shard}" if shard is not None else rel
+            raise StoreError(
+                f"{self.url}: {what} is damaged: {rel} does not match its sha256 in the "
+                "manifest (changed after commit); run `advmix store validate --full`"
+            )
+
+    @cached_property
+    def _entries(self) -> dict[str, tuple[int | None, ObjectEntry]]:
+        return {entry.path: (shard, entry) for shard, entry in self.manifest.objects()}
 
     def iter_shards(self, shards: Iterable[int] | None = None) -> Iterator[Shard]:
         for shard in range(self.num_shards) if shards is None else shards:
@@ -194,7 +240,10 @@ class Store:
         if not isinstance(sample, int | np.integer) or not 0 <= sample < self.num_samples:
             raise StoreError(f"sample {sample!r} out of range: the store has {self.num_samples}")
         sample = int(sample)
+        shard = sample // self.shard_size
         with self._decoding(f"sample {sample}"):
+            for name, spec in self.layout.arrays.items():  # zarr decodes from these objects
+                self.read_verified(spec.key(name, shard))
             w = self._arrays["w"][sample]
             label = int(self._arrays["label"][sample])
             image = self._arrays["image"][sample] if self.has_images else None
@@ -205,11 +254,13 @@ class Store:
         return self._index
 
     def dead_letters(self) -> pd.DataFrame:
-        return pq.read_table(io.BytesIO(self.location.read(DEAD_LETTER))).to_pandas()
+        with self._decoding("the dead-letter table"):
+            return pq.read_table(io.BytesIO(self.read_verified(DEAD_LETTER))).to_pandas()
 
     @cached_property
     def _index(self) -> pd.DataFrame:
-        table = pq.read_table(io.BytesIO(self.location.read(INDEX)))
+        with self._decoding("the index"):
+            table = pq.read_table(io.BytesIO(self.read_verified(INDEX)))
         frame = table.to_pandas()
         if len(frame) != self.num_samples or not np.array_equal(
             frame["sample"].to_numpy(), np.arange(self.num_samples)
@@ -236,6 +287,8 @@ class Store:
         import zarr
 
         with self.location.errors("open"), self._decoding("metadata"):
+            for entry in self.manifest.metadata:  # what zarr will decode every array with
+                self.read_verified(entry.path)
             group = zarr.open_group(self.location.zarr_store(read_only=True), mode="r")
             return {name: group[name] for name in self.layout.arrays}
 

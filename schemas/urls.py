@@ -9,11 +9,14 @@ application credentials for gcsfs). Option values never appear in messages: see 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import sys
 import uuid
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import unquote
 
 from schemas.errors import StoreError
 
@@ -51,6 +54,68 @@ def redact_url(url: str) -> str:
     return re.sub(r"^([A-Za-z0-9+.-]+://)[^/@]*@", r"\1***@", url)
 
 
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]+@")
+_ENV_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN")
+_SECRETS: set[str] = set()  # credential values this process was given (URLs, options)
+
+
+def remember_secrets(url: str, storage_options: dict | None = None) -> None:
+    """Note the credentials in a URL's ``user:password@`` and in credential-like storage
+    options, so that ``redact`` removes them wherever they turn up (an exception's message
+    may quote them without the URL around them)."""
+    found = re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/@]*)@", url or "")
+    parts = found.group(1).split(":") if found else []
+    parts += [str(v) for k, v in (storage_options or {}).items() if _SECRET_KEY.search(str(k))]
+    for part in parts:
+        for value in {part, unquote(part)}:
+            if len(value) >= 4:
+                _SECRETS.add(value)
+
+
+def redact(text: str) -> str:
+    """``text`` with credentials removed: any URL's ``user:password@``, the values
+    ``remember_secrets`` noted and the AWS credentials of the environment."""
+    text = _USERINFO.sub(r"\1***@", str(text))
+    secrets = _SECRETS | {os.environ.get(name, "") for name in _ENV_SECRETS}
+    for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` of an exception on one line (its lines joined), credentials redacted."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return redact(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:limit]
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that passes every record through ``redact`` (message and traceback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), ()
+        if record.exc_info:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+def _redacted_excepthook(kind, value, tb) -> None:
+    import traceback
+
+    sys.stderr.write(redact("".join(traceback.format_exception(kind, value, tb))))
+
+
+def install_redaction() -> None:
+    """For an entry point: every log line (through the root logger's handlers, configured
+    now, and the last-resort handler) and the traceback of any uncaught exception go out
+    through ``redact``. Filters sit on handlers: a logger's own filters miss records that
+    propagate from its children."""
+    sys.excepthook = _redacted_excepthook
+    for handler in [*logging.getLogger().handlers, logging.lastResort]:
+        if handler is not None and not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+
+
 def _is_local(url: str) -> bool:
     return ("://" not in url and "::" not in url) or url.startswith("file://")
 
@@ -77,6 +142,7 @@ class Location:
         self.local = _is_local(url)
         self.storage_options = _emulator_defaults(url, dict(storage_options or {}))
         self.display = redact_url(self.url)
+        remember_secrets(url, self.storage_options)
 
     def __getstate__(self) -> dict:
         keep = ("url", "local", "storage_options", "display")
@@ -101,7 +167,11 @@ class Location:
             if self.local:
                 path = self.url.removeprefix("file://")
                 return LocalFileSystem(auto_mkdir=True), os.path.abspath(os.path.expanduser(path))
-            fs, root = fsspec.url_to_fs(self.url, **self.storage_options)
+            try:
+                fs, root = fsspec.url_to_fs(self.url, **self.storage_options)
+            except (ValueError, ImportError, TypeError) as exc:  # scheme unknown or not installed
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                raise StoreError(f"cannot open {self.display}: {redact(first)}") from None
         return fs, root.rstrip("/")
 
     @property
@@ -143,10 +213,7 @@ class Location:
         except FileNotFoundError:
             raise
         except (OSError, *client_errors()) as exc:
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise StoreError(
-                f"cannot {action} {self.display}: {type(exc).__name__}: {first}"
-            ) from None
+            raise StoreError(f"cannot {action} {self.display}: {one_line(exc)}") from None
 
     def read(self, rel: str) -> bytes:
         with self.errors("read"):
@@ -188,12 +255,18 @@ class Location:
             except FileNotFoundError:
                 pass
 
-    def delete_all(self) -> None:
+    def delete_all(self, keep: tuple[str, ...] = ()) -> None:
+        """Delete every object under the root but ``keep`` (relative paths)."""
         with self.errors("delete"):
-            try:
-                self.fs.rm(self.root, recursive=True)
-            except FileNotFoundError:
-                pass
+            if not keep:
+                try:
+                    self.fs.rm(self.root, recursive=True)
+                except FileNotFoundError:
+                    pass
+                return
+            doomed = [self.path(rel) for rel in self.list_objects() if rel not in keep]
+            if doomed:
+                self.fs.rm(doomed)
 
     def list_objects(self, prefix: str = "") -> dict[str, int]:
         """{path relative to the root: size in bytes} of every object under ``prefix``."""

@@ -40,6 +40,7 @@ from schemas.layout import (
     index_part_path,
     record_path,
 )
+from schemas.lease import LEASE
 from schemas.manifest import Manifest, ObjectEntry, Provenance, ShardEntry
 from schemas.plan import make_plan, plan_parts, read_plan
 from schemas.urls import Location
@@ -81,12 +82,12 @@ class StoreWriter:
         location = Location(url, storage_options)
         provenance.check(layout)
         plan = make_plan(layout, provenance)
-        if overwrite:
-            location.delete_all()
-        existing = location.list_objects()
+        if overwrite:  # the job's own lease stays: it still holds the store
+            location.delete_all(keep=(LEASE,))
+        existing = {rel: size for rel, size in location.list_objects().items() if rel != LEASE}
         if MANIFEST in existing:
             raise StoreError(
-                f"{location.display} is already a committed store; pass overwrite to replace it"
+                f"{location.display} is already a committed store; pass --overwrite to replace it"
             )
         if existing:
             if read_plan(location) != plan:

@@ -109,10 +109,79 @@ def test_bad_folder_inputs_go_to_the_dead_letter_table(nets, tmp_path):
     store = open_store(str(tmp_path / "out"))
     assert store.manifest.layout.label_names == ("class0", "class1")
     reasons = dict(zip(store.dead_letters()["id"], store.dead_letters()["reason"], strict=True))
-    assert reasons["class0/corrupt.png"].startswith("undecodable image")
+    assert reasons["class0/corrupt.png"] == "not an image Pillow can read"
     assert "(3, 28, 28)" in reasons["class1/small.png"]
     assert reasons["loose.png"] == "missing label"
     assert sorted(store.index()["id"]) == sorted(f"class{i % 2}/{i}.png" for i in range(6))
+
+
+def _encoded(image: np.ndarray, fmt: str, **save) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+def _messy_folder(root, images):
+    """A class folder as users have them: hidden files and folders, formats beyond PNG, no
+    extension, 16-bit and EXIF-rotated images, a text file."""
+    a, b = root / "a", root / "b"
+    for folder in (a, b, root / ".ipynb_checkpoints" / "a", root / "b" / ".thumbs"):
+        folder.mkdir(parents=True, exist_ok=True)
+    (a / "0.png").write_bytes(_png(images[0]))
+    (root / ".ipynb_checkpoints" / "a" / "0-checkpoint.png").write_bytes(_png(images[1]))
+    (root / "b" / ".thumbs" / "t.png").write_bytes(_png(images[1]))
+    (a / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (a / "1.gif").write_bytes(_encoded(images[1], "GIF"))
+    (a / "2.tif").write_bytes(_encoded(images[2], "TIFF"))
+    (b / "3").write_bytes(_png(images[3]))  # a PNG without an extension
+    gray16 = (images[4].mean(axis=2).round().astype(np.uint16) * 257).astype(np.uint16)
+    (b / "4-16bit.png").write_bytes(_encoded(gray16, "PNG"))
+    exif = Image.Exif()
+    exif[0x0112] = 3  # orientation: rotated 180 degrees
+    upside_down = np.ascontiguousarray(images[5][::-1, ::-1])
+    (b / "5-rotated.jpg").write_bytes(_encoded(upside_down, "JPEG", exif=exif, quality=100))
+    (b / "notes.txt").write_text("not an image")
+    return gray16
+
+
+def test_every_file_of_a_folder_is_encoded_dead_lettered_or_skipped(nets, tmp_path):
+    images = load("cfmnist:iid?limit=6").images.transpose(0, 2, 3, 1)
+    gray16 = _messy_folder(tmp_path / "in", images)
+    result = _encode_cli(*_args(nets, tmp_path / "out", source=str(tmp_path / "in")))
+    assert result.returncode == 0, result.stderr[-2000:]
+    # 10 files: 6 images, a text file, 3 hidden ones; the summary adds up to them
+    assert "listed 10: encoded 6, rejected 1, skipped 3 hidden" in result.stdout, result.stdout
+    store = open_store(str(tmp_path / "out"))
+    assert store.manifest.layout.label_names == ("a", "b")  # no class from a hidden folder
+    assert store.dead_letters()[["id", "reason"]].values.tolist() == [
+        ["b/notes.txt", "not an image Pillow can read"]
+    ]
+    stored = dict(zip(store.index()["id"], store.read_shard(0).images, strict=True))
+    assert sorted(stored) == ["a/0.png", "a/1.gif", "a/2.tif", "b/3", "b/4-16bit.png",
+                              "b/5-rotated.jpg"]  # fmt: skip
+    np.testing.assert_array_equal(stored["a/2.tif"], images[2].transpose(2, 0, 1))
+    np.testing.assert_array_equal(stored["b/3"], images[3].transpose(2, 0, 1))
+    # 16 bits scaled to 8 (not clipped to white), every channel the grey value
+    expected = np.rint(gray16 / 257.0).astype(np.uint8)
+    np.testing.assert_array_equal(stored["b/4-16bit.png"], np.stack([expected] * 3))
+    # EXIF orientation applied: the stored image is the upright one (JPEG: close, not equal)
+    upright = images[5].transpose(2, 0, 1).astype(int)
+    assert np.abs(stored["b/5-rotated.jpg"].astype(int) - upright).mean() < 6
+    assert np.abs(stored["b/5-rotated.jpg"].astype(int) - upright[:, ::-1, ::-1]).mean() > 12
+
+
+def test_dead_letter_reasons_are_the_same_on_every_run(nets, tmp_path):
+    (tmp_path / "in" / "a").mkdir(parents=True)
+    (tmp_path / "in" / "a" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (tmp_path / "in" / "a" / "junk.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    images = load("cfmnist:iid?limit=1").images.transpose(0, 2, 3, 1)
+    (tmp_path / "in" / "a" / "good.png").write_bytes(_png(images[0]))
+    tables = []
+    for attempt in range(2):
+        run(_args(nets, tmp_path / f"out{attempt}", source=str(tmp_path / "in")))
+        tables.append(open_store(str(tmp_path / f"out{attempt}")).dead_letters())
+    assert tables[0].equals(tables[1]) and len(tables[0]) == 2
+    assert not tables[0]["reason"].str.contains("0x").any()
 
 
 def test_parquet_input_with_a_missing_label(nets, tmp_path):
@@ -157,7 +226,7 @@ def _encode_cli(*args):
 def test_cli_prints_counts(nets, tmp_path):
     result = _encode_cli(*_args(nets, tmp_path / "cli", source="cfmnist:iid?limit=10"))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "read 10, encoded 10, rejected 0" in result.stdout
+    assert "listed 10: encoded 10, rejected 0, skipped 0" in result.stdout
 
 
 @pytest.mark.parametrize(

@@ -358,10 +358,14 @@ def test_checksum_mismatch_needs_the_full_check(store_path):
     data = bytearray(shard.read_bytes())
     data[5] ^= 0xFF
     shard.write_bytes(bytes(data))
-    open_store(str(store_path))  # sizes still match: the fast check cannot see it
+    store = open_store(str(store_path))  # sizes still match: the fast check cannot see it
     with pytest.raises(StoreError) as exc:
         open_store(str(store_path), full_check=True)
     assert "checksum mismatch in shard 0" in one_line(exc)
+    with pytest.raises(StoreError) as exc:  # but no reader decodes it
+        store.read_arrays(0)
+    assert "shard 0 is damaged: w/c/0/0/0 does not match its sha256" in one_line(exc)
+    store.read_arrays(1)  # the other shards read as before
 
 
 def test_index_rows_are_covered_by_checksums(store_path):

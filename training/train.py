@@ -203,8 +203,24 @@ class Trainer:
         loss, acc = made.loss(logits), made.accuracy(logits)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        self.opt.step()
-        return {"loss": loss.item(), "acc": acc.item(), **made.info}
+        try:
+            self.opt.step()
+        except RuntimeError as exc:  # an update too large for float32 (a huge --lr)
+            if "overflow" not in str(exc):
+                raise
+            self.diverged(loss.item(), "the optimiser's update overflows float32")
+        metrics = {"loss": loss.item(), "acc": acc.item(), **made.info}
+        finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
+        if not bool(finite):  # on the weights, which DDP keeps equal: every rank stops here
+            self.diverged(metrics["loss"], "the weights are no longer finite")
+        return metrics
+
+    def diverged(self, loss: float, why: str):
+        """Stop with one line, before anything of the diverged run is saved."""
+        raise AdvmixError(
+            f"training diverged at step {self.step + 1} (epoch {self.epoch}): the loss is "
+            f"{loss:.4g} and {why}; lower --lr. Nothing from this point on was saved"
+        )
 
     # -- outputs ------------------------------------------------------------------------------
 

@@ -1,0 +1,293 @@
+"""Nothing silently wrong: damaged stores are refused on read, bad inputs get one line and a
+non-zero exit before any costly work, credentials never show, training stops when it diverges,
+and one encode at a time writes a store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from tiny_nets import tiny_features, tiny_generator
+from train_helpers import write_store
+
+from advmix.checkpoints import generator_fingerprint, load_generator
+from cli.main import main
+from schemas.errors import StoreError
+from schemas.lease import LEASE, WriterLease
+from schemas.testing import moto_s3
+from schemas.urls import Location, redact, remember_secrets
+
+SECRET_KEY, SECRET = "AKIAEXAMPLE1234", "s3cr3t/Value+XYZ"
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """``advmix ARGS`` in this process: (exit code, stdout, stderr)."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def encode(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.encode", *args], capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("failures")
+    G_path = tiny_generator(root / "G.pt", k=4)
+    G = load_generator(G_path)
+    store = write_store(
+        str(root / "store.zarr"), num_samples=48, shard_size=16, k=4,
+        fingerprint=generator_fingerprint(G), generator=G, image_source="cfmnist:train?limit=48",
+    )  # fmt: skip
+    text = root / "notes.txt"
+    text.write_text("hello, I am not a checkpoint\n")
+    return {"root": root, "G": str(G_path), "F": str(tiny_features(root / "F.pt")),
+            "store": store, "text": str(text)}  # fmt: skip
+
+
+@pytest.fixture
+def damaged(nets, tmp_path):
+    """A copy of the store with one bit flipped in the middle of shard 1's ``w`` object."""
+    import shutil
+
+    copy = tmp_path / "damaged.zarr"
+    shutil.copytree(nets["store"], copy)
+    target = copy / "w" / "c" / "1" / "0" / "0"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    target.write_bytes(bytes(data))
+    return str(copy)
+
+
+# -- 1. reads are verified ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["nominal", "randmix"])
+def test_training_refuses_a_flipped_bit(capsys, nets, damaged, tmp_path, method):
+    code, _, err = cli(capsys, "train", "--store", damaged, "--generator", nets["G"],
+                       "--method", method, "--epochs", "1", "--batch-size", "16", "--width", "4",
+                       "--out", str(tmp_path / "run"), "--no-progress")  # fmt: skip
+    assert code == 1
+    assert "shard 1 is damaged: w/c/1/0/0 does not match its sha256" in one_error_line(err)
+    assert not (tmp_path / "run" / "classifier.pt").exists()
+
+
+def test_evaluate_and_report_refuse_a_flipped_bit(capsys, nets, damaged, tmp_path):
+    code, _, _ = cli(capsys, "train", "--store", nets["store"], "--generator", nets["G"],
+                     "--method", "nominal", "--epochs", "1", "--batch-size", "16", "--width", "4",
+                     "--out", str(tmp_path / "run"), "--no-progress")  # fmt: skip
+    assert code == 0
+    code, _, err = cli(capsys, "evaluate", "--checkpoint", str(tmp_path / "run" / "classifier.pt"),
+                       "--store", damaged)  # fmt: skip
+    assert code == 1 and "shard 1 is damaged" in one_error_line(err)
+    code, _, err = cli(capsys, "store", "report", damaged, "--generator", nets["G"],
+                       "--limit", "48")  # fmt: skip
+    assert code == 1 and "shard 1 is damaged" in one_error_line(err)
+
+
+def test_validate_says_what_the_fast_check_leaves_out(capsys, damaged):
+    code, out, _ = cli(capsys, "store", "validate", damaged)
+    assert code == 0 and "Not checked: the contents (sha256); pass --full" in out
+    code, _, err = cli(capsys, "store", "validate", damaged, "--full")
+    assert code == 1 and "checksum mismatch in shard 1" in one_error_line(err)
+
+
+# -- 3. no credentials in messages ----------------------------------------------------------------
+
+
+def test_credentials_in_a_url_never_show(nets, tmp_path):
+    with moto_s3(buckets=("advmix",)) as options:
+        url = f"s3://{SECRET_KEY}:{SECRET.replace('/', '%2F')}@advmix/imgs/"
+        for argv in (
+            ["--input", url, "--output", str(tmp_path / "o"), "--generator", nets["G"]],
+            ["--input", "cfmnist:iid?limit=4", "--output", url, "--generator", nets["G"]],
+            ["--input", "cfmnist:iid?limit=4", "--output", str(tmp_path / "o"), "--generator",
+             url + "G.pt"],
+        ):  # fmt: skip
+            result = encode(*argv, "--features", nets["F"], "--steps", "1",
+                            "--storage-option", f"endpoint_url={options['endpoint_url']}")  # fmt: skip
+            assert result.returncode == 1, result.stderr
+            printed = result.stdout + result.stderr
+            assert SECRET_KEY not in printed and "s3cr3t" not in printed, printed
+            assert "***" in one_error_line(result.stderr)
+
+
+def test_redact_catches_credentials_outside_urls():
+    # a secret with "/" is percent-encoded in a URL; redact removes both spellings
+    remember_secrets(f"s3://{SECRET_KEY}:{SECRET.replace('/', '%2F')}@bucket/x",
+                     {"secret": "token-value-1"})  # fmt: skip
+    message = f'Invalid bucket name "{SECRET_KEY}:{SECRET}@bucket"; token-value-1 refused'
+    assert SECRET_KEY not in redact(message) and SECRET not in redact(message)
+    assert "token-value-1" not in redact(message)
+
+
+# -- 4. one line, before any costly work ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["store", "info"], ["store", "validate"]])
+def test_an_unknown_url_scheme_is_one_line(capsys, command):
+    code, _, err = cli(capsys, *command, "foo://bucket/store.zarr")
+    assert code == 1 and "Protocol not known: foo" in one_error_line(err)
+
+
+def test_train_with_an_unknown_scheme_or_a_text_file_as_generator(capsys, nets, tmp_path):
+    out = str(tmp_path / "run")
+    code, _, err = cli(capsys, "train", "--store", "foo://b/s.zarr", "--generator", nets["G"],
+                       "--out", out)  # fmt: skip
+    assert code == 1 and "Protocol not known" in one_error_line(err)
+    code, _, err = cli(capsys, "train", "--store", nets["store"], "--generator", nets["text"],
+                       "--out", out)  # fmt: skip
+    assert code == 1 and "not a readable generator checkpoint" in one_error_line(err)
+    code, _, err = cli(capsys, "evaluate", "--checkpoint", nets["text"], "--store", nets["store"])
+    assert code == 1 and "not a readable classifier checkpoint" in one_error_line(err)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_learning_rates_are_usage_errors(capsys, nets, tmp_path, value):
+    code, _, err = cli(capsys, "train", "--store", nets["store"], "--generator", nets["G"],
+                       "--out", str(tmp_path / "run"), "--lr", value)  # fmt: skip
+    assert code == 2 and "Traceback" not in err
+    assert "is not a finite number" in err or "not in the range x>0" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_encoding_into_a_committed_store_is_refused_up_front(nets):
+    started = time.perf_counter()
+    result = encode("--input", "cfmnist:train?limit=2000", "--output", nets["store"],
+                    "--generator", nets["G"], "--features", nets["F"], "--steps", "50")  # fmt: skip
+    assert result.returncode == 1
+    assert "already a committed store; pass --overwrite" in one_error_line(result.stderr)
+    assert "inverted" not in result.stdout + result.stderr  # no image was inverted
+    assert time.perf_counter() - started < 60
+
+
+def test_encode_usage_errors_are_one_line():
+    result = encode("--input", "cfmnist:iid", "--steps", "zero")
+    assert result.returncode == 2 and "--steps" in one_error_line(result.stderr)
+
+
+# -- 5. divergence stops training ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lr", ["1e37", "1e38"])  # weights turn inf; the update overflows
+def test_diverging_training_stops_and_saves_nothing_non_finite(capsys, nets, tmp_path, lr):
+    run = tmp_path / "run"
+    code, _, err = cli(capsys, "train", "--store", nets["store"], "--generator", nets["G"],
+                       "--method", "nominal", "--epochs", "3", "--batch-size", "8", "--width", "4",
+                       "--lr", lr, "--checkpoint-every", "1", "--out", str(run),
+                       "--no-progress")  # fmt: skip
+    assert code == 1 and "training diverged at step" in one_error_line(err)
+    assert not (run / "classifier.pt").exists()
+    if (run / "checkpoint.pt").exists():  # every checkpoint written holds finite weights
+        state = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+# -- 6. one writer per store -----------------------------------------------------------------------
+
+
+def _refused_while_leased(nets, output: str, options: dict) -> None:
+    held = WriterLease(Location(output, options), settle=0.1)
+    held.acquire()
+    try:
+        extra = [f"--storage-option=endpoint_url={options['endpoint_url']}"] if options else []
+        started = time.perf_counter()
+        result = encode("--input", "cfmnist:train?limit=32", "--output", output, "--generator",
+                        nets["G"], "--features", nets["F"], "--steps", "1", "--shard-size", "16",
+                        *extra)  # fmt: skip
+        assert result.returncode == 1
+        assert "is being written by another encode job" in one_error_line(result.stderr)
+        assert "inverted" not in result.stdout + result.stderr
+        assert time.perf_counter() - started < 60
+        listing = Location(output, options).list_objects()
+        assert set(listing) == {LEASE}  # the refused job wrote nothing
+    finally:
+        held.release()
+    assert Location(output, options).list_objects() == {}  # released: the lease is gone
+    extra = [f"--storage-option=endpoint_url={options['endpoint_url']}"] if options else []
+    result = encode("--input", "cfmnist:train?limit=32", "--output", output, "--generator",
+                    nets["G"], "--features", nets["F"], "--steps", "1", "--shard-size", "16",
+                    *extra)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert LEASE not in Location(output, options).list_objects()
+
+
+def test_a_second_encode_into_a_store_being_written_is_refused_local(nets, tmp_path):
+    _refused_while_leased(nets, str(tmp_path / "store.zarr"), {})
+
+
+def test_a_second_encode_into_a_store_being_written_is_refused_s3(nets):
+    with moto_s3(buckets=("advmix",)) as options:
+        _refused_while_leased(nets, "s3://advmix/busy.zarr", options)
+
+
+def _race(url: str, options: dict) -> list[str]:
+    """Two jobs take the lease at the same instant: what each got."""
+    barrier, results = threading.Barrier(2), []
+
+    def job() -> None:
+        lease = WriterLease(Location(url, options), settle=0.3)
+        barrier.wait()
+        try:
+            lease.acquire()
+            results.append("held")
+            time.sleep(0.5)
+            lease.release()
+        except StoreError:
+            results.append("refused")
+
+    threads = [threading.Thread(target=job) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sorted(results)
+
+
+def test_exactly_one_of_two_racing_jobs_gets_the_lease(tmp_path):
+    for attempt in range(3):
+        assert _race(str(tmp_path / f"race{attempt}"), {}) == ["held", "refused"]
+    with moto_s3(buckets=("advmix",)) as options:
+        for attempt in range(3):
+            assert _race(f"s3://advmix/race{attempt}", options) == ["held", "refused"]
+
+
+def test_a_dead_jobs_lease_is_taken_over(tmp_path):
+    """A job killed mid-encode leaves its lease; rerunning on the same host resumes at once."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    location = Location(str(tmp_path / "store.zarr"))
+    record = {"token": "old", "host": os.uname().nodename, "pid": int(gone),
+              "expires": time.time() + 600}  # fmt: skip
+    location.write(LEASE, json.dumps(record).encode())
+    with WriterLease(location, settle=0.1):
+        assert json.loads(location.read(LEASE))["token"] != "old"
+    assert not location.exists(LEASE)
+
+
+def test_a_verified_read_returns_the_stored_bytes(nets):
+    from schemas.reader import open_store
+
+    store = open_store(nets["store"])
+    w = np.concatenate([store.read_arrays(s)["w"] for s in range(store.num_shards)])
+    assert w.shape == (48, 8, 32) and np.isfinite(w).all()
