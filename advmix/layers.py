@@ -30,11 +30,20 @@ def modulated_conv2d(
     demodulate: bool = True,
     padding: int = 0,
     grouped: bool = False,
+    up_filter: Tensor | None = None,  # FIR [4, 4]: 2x upsampling the NVlabs way (below)
 ) -> Tensor:
-    """StyleGAN2 modulated convolution; non-grouped by default (same result as grouped)."""
+    """StyleGAN2 modulated convolution; non-grouped by default (same result as grouped).
+
+    With ``up_filter`` the output has twice the resolution, as NVlabs' ``conv2d_resample``
+    with ``up=2`` computes it: a transposed convolution of stride 2 (weights not flipped),
+    then the FIR filter with padding 1 and gain 4."""
     batch, in_ch, height, width = x.shape
     out_ch, _, kh, kw = weight.shape
     dcoefs = demodulation(weight, styles) if demodulate else None
+    if up_filter is not None:
+        x = F.conv_transpose2d(x * styles[:, :, None, None], weight.transpose(0, 1), stride=2)
+        x = fir_filter(x, up_filter, (1, 1), gain=4.0)
+        return x if dcoefs is None else x * dcoefs[:, :, None, None]
     if not grouped:
         x = F.conv2d(x * styles[:, :, None, None], weight, padding=padding)
         return x if dcoefs is None else x * dcoefs[:, :, None, None]
@@ -48,6 +57,31 @@ def modulated_conv2d(
 
 def upsample2x(x: Tensor) -> Tensor:
     return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+def fir_kernel(taps: tuple[float, ...] = (1.0, 3.0, 3.0, 1.0)) -> Tensor:
+    """The separable 2D FIR filter of ``taps`` (outer product), normalised to sum 1."""
+    f = torch.tensor(taps, dtype=torch.float32)
+    f = f[:, None] * f[None, :]
+    return f / f.sum()
+
+
+def fir_filter(x: Tensor, f: Tensor, pad: tuple[int, int], gain: float) -> Tensor:
+    """upfirdn2d without resampling: pad (before, after) on both axes, then a true (flipped)
+    depthwise convolution with ``f * gain``."""
+    channels = x.shape[1]
+    x = F.pad(x, [pad[0], pad[1], pad[0], pad[1]])
+    weight = (f * gain).flip([0, 1]).to(x.dtype)[None, None].expand(channels, 1, -1, -1)
+    return F.conv2d(x, weight, groups=channels)
+
+
+def fir_upsample2x(x: Tensor, f: Tensor) -> Tensor:
+    """upfirdn2d with ``up=2``: zeros between the samples, padding (2, 1), gain 4."""
+    batch, channels, height, width = x.shape
+    spread = x.new_zeros(batch, channels, height, 2, width, 2)
+    spread[:, :, :, 0, :, 0] = x
+    spread = spread.reshape(batch, channels, 2 * height, 2 * width)
+    return fir_filter(spread, f, (2, 1), gain=4.0)
 
 
 class FullyConnectedLayer(nn.Module):

@@ -42,12 +42,16 @@ from advmix.layers import (
     LRELU_GAIN,
     FullyConnectedLayer,
     demodulation,
+    fir_kernel,
+    fir_upsample2x,
     modulated_conv2d,
     normalize_2nd_moment,
     upsample2x,
 )
 
 NOISE_MODES = ("const", "random", "none")
+RESAMPLING = ("bilinear", "fir")
+_LATER_OPTIONS = {"resample": "bilinear", "conv_clamp": None, "widths": None}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -69,6 +73,13 @@ class GeneratorConfig:
     w_avg_beta: float = 0.995
     grouped: bool = False  # grouped modulated conv (benchmark comparison only)
     k: int | None = None  # coarse/fine split chosen by `advmix gan evaluate`
+    # NVlabs' exact architecture (imported generators): "fir" resamples with the [1, 3, 3, 1]
+    # filter (a transposed conv + FIR in each block's first conv, FIR upsampling of the skip
+    # image) instead of bilinear upsampling; conv_clamp clamps every layer's output; widths
+    # gives each block's channels when they follow no channel_base formula (rosinality).
+    resample: str = "bilinear"
+    conv_clamp: float | None = None
+    widths: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         res = self.resolution
@@ -79,12 +90,21 @@ class GeneratorConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.k is not None and not 1 <= self.k < self.num_ws:
             raise ValueError(f"k must be in 1..{self.num_ws - 1}, got {self.k}")
+        if self.resample not in RESAMPLING:
+            raise ValueError(f"resample must be one of {RESAMPLING}, got {self.resample!r}")
+        if self.widths is not None:
+            self.widths = tuple(int(c) for c in self.widths)
+            if len(self.widths) != len(self.block_resolutions) or min(self.widths) < 1:
+                raise ValueError(f"widths must give {len(self.block_resolutions)} channel counts "
+                                 f"(4..{res} px), got {list(self.widths)}")  # fmt: skip
 
     @property
     def block_resolutions(self) -> list[int]:
         return [2**i for i in range(2, int(math.log2(self.resolution)) + 1)]
 
     def channels(self, res: int) -> int:
+        if self.widths is not None:
+            return self.widths[int(math.log2(res)) - 2]
         return max(1, min(self.channel_base // res, self.channel_max))
 
     @property
@@ -92,7 +112,15 @@ class GeneratorConfig:
         return 2 * (len(self.block_resolutions) - 1) + 2
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        # The architecture options left at their defaults are not written: configs (and so
+        # fingerprints) of generators made before the options existed stay what they were.
+        data = dataclasses.asdict(self)
+        for name, default in _LATER_OPTIONS.items():
+            if data[name] == default:
+                del data[name]
+        if data.get("widths") is not None:
+            data["widths"] = list(data["widths"])
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -124,7 +152,9 @@ class MappingNetwork(nn.Module):
         )
         self.register_buffer("w_avg", torch.zeros([cfg.w_dim]))
 
-    def forward(self, z: Tensor, truncation_psi: float = 1.0) -> Tensor:
+    def forward(
+        self, z: Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None
+    ) -> Tensor:
         if z.ndim != 2 or z.shape[1] != self.z_dim:
             raise ValueError(f"z must be [B, {self.z_dim}], got {list(z.shape)}")
         x = normalize_2nd_moment(z.to(torch.float32))
@@ -133,37 +163,48 @@ class MappingNetwork(nn.Module):
         if self.training:
             self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
         x = x.unsqueeze(1).repeat(1, self.num_ws, 1)
-        if truncation_psi != 1:
-            x = self.w_avg.lerp(x, truncation_psi)
+        if truncation_psi != 1:  # toward the average w, on the first ``cutoff`` rows (or all)
+            rows = slice(None) if truncation_cutoff is None else slice(0, truncation_cutoff)
+            x[:, rows] = self.w_avg.lerp(x[:, rows], truncation_psi)
         return x
 
 
 class SynthesisLayer(nn.Module):
-    """Modulated 3x3 conv (optionally after 2x upsampling) + noise + bias + lrelu."""
+    """Modulated 3x3 conv (optionally 2x upsampling) + noise + bias + lrelu (+ clamp)."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, w_dim: int, resolution: int, up: bool, grouped
+        self, cfg: GeneratorConfig, in_channels: int, out_channels: int, resolution: int, up: bool
     ):
         super().__init__()
-        self.resolution, self.up, self.grouped = resolution, up, grouped
-        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1.0)
+        self.resolution, self.up, self.grouped = resolution, up, cfg.grouped
+        self.conv_clamp = cfg.conv_clamp
+        self.affine = FullyConnectedLayer(cfg.w_dim, in_channels, bias_init=1.0)
         self.weight = nn.Parameter(torch.randn([out_channels, in_channels, 3, 3]))
         self.bias = nn.Parameter(torch.zeros([out_channels]))
         self.noise_strength = nn.Parameter(torch.zeros([]))
         self.register_buffer("noise_const", torch.randn([resolution, resolution]))
+        self.fir = up and cfg.resample == "fir"
+        if self.fir:  # derived, not a weight: kept out of checkpoints and fingerprints
+            self.register_buffer("resample_filter", fir_kernel(), persistent=False)
 
     def forward(self, x: Tensor, w: Tensor, noise_mode: str = "const") -> Tensor:
         styles = self.affine(w)  # [B, I]
-        if self.up:
-            x = upsample2x(x)
-        x = modulated_conv2d(x, self.weight, styles, demodulate=False, padding=1,
-                             grouped=self.grouped)  # fmt: skip
+        if self.fir:
+            x = modulated_conv2d(x, self.weight, styles, demodulate=False,
+                                 up_filter=self.resample_filter)  # fmt: skip
+        else:
+            if self.up:
+                x = upsample2x(x)
+            x = modulated_conv2d(x, self.weight, styles, demodulate=False, padding=1,
+                                 grouped=self.grouped)  # fmt: skip
         # Demodulation, noise, bias and the activation gain as one fused multiply-add
         # (lrelu(v) * g == lrelu(v * g) for g > 0), then the activation in place: the
         # elementwise passes over [B, O, H, W] dominate these small layers on a CPU.
         scale = demodulation(self.weight, styles)[:, :, None, None] * LRELU_GAIN
         x = torch.addcmul(self.offset(x, noise_mode), x, scale)
-        return F.leaky_relu_(x, 0.2)
+        x = F.leaky_relu_(x, 0.2)
+        # not in place: the activation's backward needs its output as it was
+        return x if self.conv_clamp is None else x.clamp(-self.conv_clamp, self.conv_clamp)
 
     def offset(self, x: Tensor, noise_mode: str) -> Tensor:
         """(noise * strength + bias) * gain: [O, H, W], or [B, O, H, W] for random noise."""
@@ -180,18 +221,19 @@ class SynthesisLayer(nn.Module):
 class ToRGBLayer(nn.Module):
     """Modulated 1x1 conv without demodulation: features -> image channels."""
 
-    def __init__(self, in_channels: int, out_channels: int, w_dim: int, grouped: bool):
+    def __init__(self, cfg: GeneratorConfig, in_channels: int):
         super().__init__()
-        self.grouped = grouped
-        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1.0)
-        self.weight = nn.Parameter(torch.randn([out_channels, in_channels, 1, 1]))
-        self.bias = nn.Parameter(torch.zeros([out_channels]))
+        self.grouped, self.conv_clamp = cfg.grouped, cfg.conv_clamp
+        self.affine = FullyConnectedLayer(cfg.w_dim, in_channels, bias_init=1.0)
+        self.weight = nn.Parameter(torch.randn([cfg.img_channels, in_channels, 1, 1]))
+        self.bias = nn.Parameter(torch.zeros([cfg.img_channels]))
         self.weight_gain = 1 / math.sqrt(in_channels)
 
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
         styles = self.affine(w) * self.weight_gain
         x = modulated_conv2d(x, self.weight, styles, demodulate=False, grouped=self.grouped)
-        return x + self.bias[None, :, None, None]
+        x = x + self.bias[None, :, None, None]
+        return x if self.conv_clamp is None else x.clamp(-self.conv_clamp, self.conv_clamp)
 
 
 class SynthesisBlock(nn.Module):
@@ -204,15 +246,14 @@ class SynthesisBlock(nn.Module):
         if self.is_first:
             self.const = nn.Parameter(torch.randn([out_channels, res, res]))
         else:
-            self.conv0 = SynthesisLayer(
-                in_channels, out_channels, cfg.w_dim, res, up=True, grouped=cfg.grouped
-            )
-        self.conv1 = SynthesisLayer(
-            out_channels, out_channels, cfg.w_dim, res, up=False, grouped=cfg.grouped
-        )
-        self.torgb = ToRGBLayer(out_channels, cfg.img_channels, cfg.w_dim, cfg.grouped)
+            self.conv0 = SynthesisLayer(cfg, in_channels, out_channels, res, up=True)
+        self.conv1 = SynthesisLayer(cfg, out_channels, out_channels, res, up=False)
+        self.torgb = ToRGBLayer(cfg, out_channels)
         self.num_conv = 1 if self.is_first else 2
         self.num_torgb = 1
+        self.fir = cfg.resample == "fir" and not self.is_first
+        if self.fir:
+            self.register_buffer("resample_filter", fir_kernel(), persistent=False)
 
     def layers(self) -> list[SynthesisLayer]:
         """The block's convolutions in order; layer ``j`` reads the block's style ``j``."""
@@ -232,8 +273,9 @@ class SynthesisBlock(nn.Module):
         # ws: [B, num_conv + num_torgb, w_dim]; convs_done: x is the output of that many convs
         x = self.convs(x, ws, noise_mode, convs_done, self.num_conv)
         y = self.torgb(x, ws[:, self.num_conv])
-        img = y if img is None else upsample2x(img) + y
-        return x, img
+        if img is not None:
+            img = fir_upsample2x(img, self.resample_filter) if self.fir else upsample2x(img)
+        return x, y if img is None else img + y
 
 
 class SynthesisNetwork(nn.Module):
@@ -316,9 +358,13 @@ class Generator(nn.Module):
     def w_avg(self) -> Tensor:
         return self.mapping_net.w_avg
 
-    def mapping(self, z: Tensor, truncation_psi: float = 1.0) -> Tensor:
-        """z [B, z_dim] -> ws [B, num_ws, w_dim]; updates ``w_avg`` only in training mode."""
-        return self.mapping_net(z, truncation_psi=truncation_psi)
+    def mapping(
+        self, z: Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None
+    ) -> Tensor:
+        """z [B, z_dim] -> ws [B, num_ws, w_dim], truncated toward ``w_avg`` by ``psi`` on the
+        first ``truncation_cutoff`` styles (all when None); updates ``w_avg`` only in
+        training mode."""
+        return self.mapping_net(z, truncation_psi, truncation_cutoff)
 
     def synthesis(self, ws: Tensor, noise_mode: str = "const") -> Tensor:
         """ws [B, num_ws, w_dim] -> images [B, C, R, R] in [-1, 1] (not clamped)."""

@@ -86,7 +86,21 @@ def quality(out: Path, device: str, smoke: bool) -> dict:
     return results
 
 
-SECTIONS = {"tests": tests, "attack_cost": attack_cost, "encode": encode, "quality": quality}
+def official(out: Path, device: str, smoke: bool) -> dict:
+    """Synthesis and one inversion step per image with the official configs' architecture."""
+    from benchmarks.bench_official import measure
+
+    sizes = (256,) if smoke else (256, 1024)
+    return {f"{r}px": measure(r, device, batch=2 if smoke else 8) for r in sizes}
+
+
+SECTIONS = {
+    "tests": tests,
+    "attack_cost": attack_cost,
+    "encode": encode,
+    "quality": quality,
+    "official": official,
+}
 
 
 def main() -> None:

@@ -242,28 +242,65 @@ def evaluate(generator_path, classifier_path, pairs, fd_samples, truncation, see
 
     set_threads(threads)
     G = load_generator(generator_path)
-    classifier, info = load_classifier(classifier_path)
     if force_k is not None and force_k >= G.num_ws:
         raise click.BadParameter(f"must be < num_ws = {G.num_ws}", param_hint="--k")
-    metrics = evaluate_generator(
-        G, classifier, pairs=pairs, fd_samples=fd_samples, seed=seed, truncation_psi=truncation,
-        data_root=data_root,
-    )  # fmt: skip
-    result = {
-        "generator": str(generator_path),
-        "fingerprint": generator_fingerprint(G),
-        "classifier": str(classifier_path),
-        "classifier_test_accuracy": info.get("test_accuracy"),
-        **metrics,
-    }
+    result = {"generator": str(generator_path), "fingerprint": generator_fingerprint(G)}
+    # The metrics judge mixes with a Colored Fashion-MNIST classifier: they need its domain.
+    measurable = (G.cfg.resolution, G.cfg.img_channels) == (32, 3)
+    if measurable:
+        classifier, info = load_classifier(classifier_path)
+        result |= {"classifier": str(classifier_path),
+                   "classifier_test_accuracy": info.get("test_accuracy")}  # fmt: skip
+        result |= evaluate_generator(
+            G, classifier, pairs=pairs, fd_samples=fd_samples, seed=seed,
+            truncation_psi=truncation, data_root=data_root,
+        )  # fmt: skip
+    elif grids is None and force_k is None:
+        raise click.UsageError(
+            f"the metrics need a 32x32 RGB generator of Colored Fashion-MNIST; this one makes "
+            f"{G.cfg.resolution}x{G.cfg.resolution}x{G.cfg.img_channels}: pass --grids DIR to "
+            "choose k by eye, then --write-k OUT --k K"
+        )
+    else:
+        result["metrics"] = "not measured: the evaluation classifier judges 32x32 RGB images"
     if grids is not None:
-        save_grid(sample_grid(G, 64), grids / "samples.png", nrow=8)
+        save_grid(sample_grid(G, 64 if G.cfg.resolution <= 64 else 16), grids / "samples.png",
+                  nrow=8)  # fmt: skip
         for k in range(1, G.num_ws):
             save_grid(mixing_grid(G, k), grids / f"mixing-k{k}.png", nrow=7)
+        result["grids"] = [str(grids / "samples.png")] + [
+            str(grids / f"mixing-k{k}.png") for k in range(1, G.num_ws)
+        ]
     if write_k is not None:
+        if force_k is None and not measurable:
+            raise click.UsageError("pass --k with --write-k: no k was measured for this generator")
         extra = read_generator_checkpoint(generator_path)["extra"]
-        G.cfg.k = force_k or metrics["chosen_k"]
+        G.cfg.k = force_k or result["chosen_k"]
         extra["evaluate"] = {key: v for key, v in result.items() if key != "fingerprint"}
         result["written"] = {"path": str(write_k), "k": G.cfg.k,
                              "fingerprint": save_generator(G, write_k, extra)}  # fmt: skip
     click.echo(json.dumps(result, indent=2))
+
+
+@gan.command("import")
+@click.argument("src", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The project's generator checkpoint to write (tensors only).")  # fmt: skip
+@click.option("--format", "fmt", type=click.Choice(["auto", "nvlabs", "rosinality"]),
+              default="auto", help="auto: a zip archive is rosinality's, anything else NVlabs'.")  # fmt: skip
+@click.option("--k", type=click.IntRange(1), default=None,
+              help="Record this coarse/fine split (choose it with `advmix gan evaluate --grids`).")  # fmt: skip
+def import_(src: Path, out: Path, fmt: str, k: int | None) -> None:
+    """Import a StyleGAN2 generator from NVlabs stylegan2-ada-pytorch (network-snapshot-*.pkl,
+    read as data: its embedded code never runs) or rosinality stylegan2-pytorch (.pt)."""
+    from advmix.checkpoints import save_generator
+    from advmix.importers import describe, import_generator
+
+    imported = import_generator(src, fmt, k)
+    G = imported.generator
+    click.echo(f"found: {describe(G)}")
+    fingerprint = save_generator(G, out, extra={"imported": imported.info})
+    split = f"k {G.cfg.k}" if G.cfg.k is not None else "no k yet (pass --k, or choose one with " \
+        "`advmix gan evaluate --grids`)"  # fmt: skip
+    click.echo(f"wrote {out} ({imported.info['format']} {src.name}, sha256 "
+               f"{imported.info['sha256'][:16]}...; fingerprint {fingerprint[:16]}...; {split})")  # fmt: skip

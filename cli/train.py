@@ -90,6 +90,12 @@ def train(run_dir, resume, device, threads, no_progress, storage_options, **sett
 @click.option("--store", "store_url", default=None, help="Latent store to evaluate (and attack).")
 @click.option("--attack", type=click.Choice(["none", *ATTACKS]), default="none")
 @click.option("--generator", "generator_path", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--k",
+    type=click.IntRange(1),
+    default=None,
+    help="Coarse/fine split of the attack [default: the store's, else the generator's].",
+)
 @options_from(AdvMixConfig)
 @click.option("--limit", type=click.IntRange(1), default=None, help="Store samples to use.")
 @click.option("--batch-size", type=click.IntRange(1), default=256)
@@ -98,7 +104,7 @@ def train(run_dir, resume, device, threads, no_progress, storage_options, **sett
 @device_options
 @data_root_option
 @storage_options
-def evaluate(checkpoint, specs, store_url, attack, generator_path, limit, batch_size, seed,
+def evaluate(checkpoint, specs, store_url, attack, generator_path, k, limit, batch_size, seed,
              json_out, device, threads, data_root, storage_options, **settings) -> None:  # fmt: skip
     """Accuracy on dataset splits (--data, e.g. cfmnist:random) and on a store, with robust
     accuracy under an AdvMix (or RandMix) attack of the stated budget (--store --attack)."""
@@ -126,6 +132,7 @@ def evaluate(checkpoint, specs, store_url, attack, generator_path, limit, batch_
                 attack=attack,
                 generator_path=generator_path,
                 cfg=from_flat(AdvMixConfig, settings),
+                k=k,
                 seed=seed,
                 batch_size=batch_size,
                 limit=limit,

@@ -31,6 +31,10 @@ class TrainConfig:
     lr: float = setting(1e-3, "Adam learning rate.", low=0, low_open=True, fixed=True)
     weight_decay: float = setting(0.0, "Adam weight decay.", low=0, fixed=True)
     seed: int = setting(0, "Seeds the model, the data order and every draw.", low=0, fixed=True)
+    k: int | None = setting(
+        None, "Coarse/fine split: styles [0, k) are the content AdvMix keeps "
+        "[default: the store's, else the generator's].", low=1, fixed=True,
+    )  # fmt: skip
     train_on: str | None = setting(
         None, "Train on nominal + perturbed examples, or perturbed only "
         "[default: both for advmix/randmix, mixes for at].", choices=TRAIN_ON, fixed=True,

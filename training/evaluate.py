@@ -109,6 +109,7 @@ def evaluate_store(
     attack: str,
     generator_path: str | None,
     cfg: AdvMixConfig,
+    k: int | None = None,
     seed: int,
     batch_size: int,
     limit: int | None,
@@ -127,9 +128,9 @@ def evaluate_store(
         raise AdvmixError(f"--attack {attack} needs --generator (mixes are decoded with it)")
     store = open_store(url, storage_options, expect_generator=fp)
     attack_fn = ATTACKS.get(attack)
-    k = style_set = None
+    style_set = None
     if attack_fn is not None:
-        k = resolve_k(G, store.k)
+        k = resolve_k(G, k, store.k)
         style_set = fit_style_set(G, k, cfg, seed=seed).to(device)
     stream = LatentStream(store, batch_size=batch_size, shuffle=False, buffer_size=0)
     gen = torch.Generator().manual_seed(seed)

@@ -96,7 +96,7 @@ class Trainer:
                 f"store styles are [{self.store.num_ws}, {self.store.w_dim}], the generator's "
                 f"[{self.G.num_ws}, {self.G.w_dim}]"
             )
-        self.k = resolve_k(self.G, self.store.k)
+        self.k = resolve_k(self.G, cfg.k, self.store.k)
         self.stream = LatentStream(
             self.store, batch_size=cfg.batch_size, seed=cfg.seed, buffer_size=cfg.buffer_size,
             rank=self.dist.rank, world_size=self.dist.world_size, num_workers=cfg.workers,
