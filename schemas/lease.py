@@ -74,7 +74,8 @@ class WriterLease:
         }
 
     def _write(self) -> None:
-        self.location.write(LEASE, json.dumps(self._record()).encode())
+        # atomic: a reader racing a writer sees one whole lease, never a torn one
+        self.location.write_atomic(LEASE, json.dumps(self._record()).encode())
 
     def _read(self) -> dict | None:
         try:
