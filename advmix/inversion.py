@@ -40,6 +40,9 @@ class InversionConfig:
     k: int | None = None  # coarse/fine split; None takes the generator's
     seed: int = 0
     normalize_features: bool = True  # LPIPS-style channel normalisation (module docstring)
+    # Where the optimisation starts: "mean" (the paper: the mean of M mapped latents) or
+    # "encoder" (an amortised encoder's prediction per image, advmix/encoder.py).
+    init: str = "mean"
 
     def to_dict(self) -> dict:
         return {
@@ -106,7 +109,9 @@ def invert(
     seeds: Sequence[int] | None = None,
     w_start: torch.Tensor | None = None,
 ) -> InversionResult:
-    """Invert ``images`` [B, 3, H, W] in [-1, 1]; ``seeds`` (one per image) fix the mixing z."""
+    """Invert ``images`` [B, 3, H, W] in [-1, 1]; ``seeds`` (one per image) fix the mixing z.
+    ``w_start``: the starting styles, [L, D] for every image or [B, L, D] one per image
+    (default: the mean style)."""
     device = next(G.parameters()).device
     batch = images.shape[0]
     k = resolve_k(G, cfg.k)

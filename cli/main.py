@@ -14,6 +14,7 @@ import click
 
 from advmix.errors import AdvmixError
 from cli.data import data
+from cli.encoder import encoder
 from cli.gan import gan
 from cli.store import store
 from cli.train import evaluate, train
@@ -38,6 +39,7 @@ def cli() -> None:
 
 cli.add_command(data)
 cli.add_command(gan)
+cli.add_command(encoder)
 cli.add_command(store)
 cli.add_command(train)
 cli.add_command(evaluate)

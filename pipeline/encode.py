@@ -12,21 +12,24 @@ any other Beam option (``--runner=DataflowRunner``, ``--direct_running_mode=mult
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
 import apache_beam as beam
+import torch
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from advmix.checkpoints import generator_fingerprint, load_generator
+from advmix.encoder import encoder_fingerprint
 from advmix.errors import AdvmixError
 from advmix.inversion import InversionConfig
 from advmix.perceptual import load_features
 from advmix.spec import parse_spec
 from advmix.stylegan import resolve_k
 from pipeline.artifacts import local_copy
-from pipeline.model_handler import InversionModelHandler, resolve_device
+from pipeline.model_handler import InversionModelHandler, load_matching_encoder, resolve_device
 from pipeline.sources import Listing, list_inputs
 from pipeline.transforms import (
     REJECTED,
@@ -40,6 +43,7 @@ from schemas.errors import StoreError
 from schemas.layout import MANIFEST, Layout
 from schemas.lease import WriterLease
 from schemas.manifest import Provenance
+from schemas.plan import plan_parts, read_plan
 from schemas.reader import open_store
 from schemas.urls import Location, install_redaction, parse_storage_option, redact
 from schemas.writer import StoreWriter
@@ -73,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.2, help="Adam learning rate on W+")
     p.add_argument("--beta-mix", type=float, default=0.2, help="mixing-loss weight per VGG layer")
     p.add_argument("--w-avg-samples", type=_positive, default=1000, help="M latents for the init")
+    p.add_argument(
+        "--init",
+        choices=("mean", "encoder"),
+        default="mean",
+        help="start from the mean style (the paper) or an encoder's prediction",
+    )
+    p.add_argument("--encoder", default=None, help="amortised encoder (advmix encoder train)")
     p.add_argument("--k", type=_positive, default=None, help="coarse/fine split (default: G's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=_positive, default=64)
@@ -122,7 +133,12 @@ def plan_store(args, listing: Listing, G, num_accepted: int) -> tuple[Layout, Pr
         k=args.inversion.k,
         generator_fingerprint=generator_fingerprint(G),
         generator_config=G.cfg.to_dict(),
-        encoder={"algorithm": "advmix-1", **args.inversion.to_dict(), "features": args.features},
+        encoder={
+            "algorithm": "advmix-1",
+            **args.inversion.to_dict(),
+            "features": args.features,
+            **({"encoder_fingerprint": args.encoder_fingerprint} if args.encoder else {}),
+        },
         dataset=listing.source,
     )
     return layout, provenance
@@ -138,7 +154,13 @@ def run(argv: list[str] | None = None) -> dict:
     if not args.overwrite and output.exists(MANIFEST):  # before any work, not after it
         raise StoreError(f"{output.display} is already a committed store; pass --overwrite to "
                          "replace it")  # fmt: skip
+    if (args.init == "encoder") != (args.encoder is not None):
+        build_parser().error("--init encoder and --encoder E.pt go together")
     G = load_generator(local_copy(args.generator, storage_options))
+    if args.encoder:  # refused here, before any work, when unreadable or for another generator
+        encoder = load_matching_encoder(local_copy(args.encoder, storage_options), G,
+                                        torch.device("cpu"))  # fmt: skip
+        args.encoder_fingerprint = encoder_fingerprint(encoder)
     load_features(args.features)  # fail here, not on a worker, when the weights are unusable
     k = resolve_k(G, args.k)
     args.inversion = InversionConfig(
@@ -148,10 +170,13 @@ def run(argv: list[str] | None = None) -> dict:
         beta_mix=(args.beta_mix,) * 3,
         k=k,
         seed=args.seed,
+        init=args.init,
     )
     listing = list_inputs(
         args.input, storage_options, image_column=args.image_column, label_column=args.label_column
     )
+    if not args.overwrite:  # resuming: the shards there must come from these same settings
+        _refuse_other_settings(output, plan_store(args, listing, G, 1)[1])
     image_shape = (G.cfg.img_channels, G.cfg.resolution, G.cfg.resolution)
     completed = _completed_shards(args.output, storage_options, args.overwrite)
     handler = InversionModelHandler(
@@ -161,6 +186,7 @@ def run(argv: list[str] | None = None) -> dict:
         device=args.device,
         large_model=args.large_model,
         storage_options=storage_options,
+        encoder_path=args.encoder,
     )
     split = parse_spec(listing.source).split if listing.kind == "spec" else None
 
@@ -255,6 +281,29 @@ def _stores_images(args, G) -> bool:
     return args.store_images == "yes" or (
         args.store_images == "auto" and pixels <= MAX_STORED_IMAGE_PIXELS
     )
+
+
+def _refuse_other_settings(location: Location, provenance: Provenance) -> None:
+    """One line, before any work, when the output holds an unfinished store that another
+    generator, encoder, k or dataset started: its shards must never mix with this job's."""
+    try:
+        _, theirs = plan_parts(read_plan(location))
+    except StoreError:
+        return  # nothing there yet (or not a store, which creating it will say)
+    mine, found = (json.loads(json.dumps(p.to_dict())) for p in (provenance, theirs))
+    changed = sorted(key for key in mine.keys() | found.keys() if mine.get(key) != found.get(key))
+    if changed:
+        details = changed
+        if "encoder" in changed:
+            inner = mine.get("encoder") or {}, found.get("encoder") or {}
+            details = [k for k in changed if k != "encoder"] + [
+                f"encoder.{k}" for k in sorted(inner[0].keys() | inner[1].keys())
+                if inner[0].get(k) != inner[1].get(k)
+            ]  # fmt: skip
+        raise StoreError(
+            f"{location.display} holds an unfinished store started with other settings "
+            f"({', '.join(details)}): rerun with those to resume it, or pass --overwrite"
+        )
 
 
 def _completed_shards(url: str, storage_options: dict, overwrite: bool) -> set[int]:

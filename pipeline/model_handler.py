@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from advmix.checkpoints import load_generator
+from advmix.checkpoints import generator_fingerprint, load_generator
 from advmix.errors import AdvmixError
 from advmix.inversion import InversionConfig, invert, mean_style
 from advmix.perceptual import load_features
@@ -69,20 +69,31 @@ class Projector:
         cfg: InversionConfig,
         device: str,
         storage_options: dict | None = None,
+        encoder_url: str | None = None,
     ):
         self.device = resolve_device(device)
         G = load_generator(local_copy(generator_url, storage_options), map_location=self.device)
         self.G = G.eval().requires_grad_(False)
         self.features = load_features(features, device=self.device)
         self.cfg = cfg
-        self.w_start = mean_style(self.G, cfg.w_avg_samples, cfg.seed)  # once, not per batch
+        self.encoder = None
+        if cfg.init == "encoder":
+            self.encoder = load_matching_encoder(local_copy(encoder_url, storage_options), G,
+                                                 self.device)  # fmt: skip
+        else:
+            self.w_start = mean_style(self.G, cfg.w_avg_samples, cfg.seed)  # once, not per batch
         self.batches = 0
 
     def project(self, images: np.ndarray, seeds: Sequence[int]) -> dict[str, np.ndarray]:
         """uint8 [B, C, H, W] -> {"w": [B, L, D] float32, "rec_mse", "rec_psnr", "loss": [B]}."""
         x = torch.from_numpy(np.ascontiguousarray(images)).float() / 127.5 - 1.0
         started = time.perf_counter()
-        result = invert(self.G, self.features, x, self.cfg, seeds=seeds, w_start=self.w_start)
+        if self.encoder is not None:  # each image starts from the encoder's prediction
+            with torch.no_grad():
+                w_start = self.encoder(x.to(self.device))
+        else:
+            w_start = self.w_start
+        result = invert(self.G, self.features, x, self.cfg, seeds=seeds, w_start=w_start)
         self.batches += 1
         log.info(
             "inverted %d images x %d steps in %.1fs (batch %d in this process)",
@@ -96,6 +107,21 @@ class Projector:
         }
 
 
+def load_matching_encoder(path: str, G, device):
+    """The amortised encoder at ``path``, refused with one line unless it was trained for
+    ``G`` (its recorded generator fingerprint)."""
+    from advmix.encoder import load_encoder
+
+    encoder, info = load_encoder(path, map_location=device)
+    fingerprint = generator_fingerprint(G)  # hashes a CPU copy of every tensor
+    if info["generator_fingerprint"] != fingerprint:
+        raise AdvmixError(
+            f"{path}: this encoder was trained for generator {info['generator_fingerprint'][:16]}"
+            f"..., not for --generator ({fingerprint[:16]}...)"
+        )
+    return encoder
+
+
 class InversionModelHandler(ModelHandler[EncodeBatch, dict, Projector]):
     """EncodeBatch -> PredictionResult(batch, {"w": [B, L, D], "rec_mse": [B], ...})."""
 
@@ -107,11 +133,12 @@ class InversionModelHandler(ModelHandler[EncodeBatch, dict, Projector]):
         device: str = "cpu",
         large_model: bool = False,
         storage_options: dict | None = None,
+        encoder_path: str | None = None,
     ):
         # Elements are already batches (EncodeBatch), so Beam must not group them further.
         super().__init__(min_batch_size=1, max_batch_size=1, large_model=large_model)
         self._share_across_processes = large_model
-        self._args = (generator_path, features, cfg, device, storage_options)
+        self._args = (generator_path, features, cfg, device, storage_options, encoder_path)
 
     def load_model(self) -> Projector:
         return Projector(*self._args)

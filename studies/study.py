@@ -54,6 +54,7 @@ class StudyConfig:
     attack_steps: int = 5
     test_limit: int | None = None  # test images per split (None: all 10k)
     generator: str = str(shipped.GENERATOR)
+    encoder: str | None = None  # Algorithm 1 starts from this encoder's prediction (else the mean)
     extra_train_flags: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -84,13 +85,16 @@ def encode(cfg: StudyConfig, sigma: float, out: Path) -> Path:
         say(f"reusing the store {store}")
         return store
     spec = f"cfmnist:train?sigma={sigma:g}&limit={cfg.train_images}"
-    say(f"encoding {spec} with {cfg.encode_steps} steps into {store} (Beam, FnApiRunner)")
+    start = "an encoder's prediction" if cfg.encoder else "the mean style"
+    say(f"encoding {spec} with {cfg.encode_steps} steps from {start} into {store} (Beam, "
+        "FnApiRunner)")  # fmt: skip
     started = time.perf_counter()
     configure_logging()
+    init = ["--init", "encoder", "--encoder", cfg.encoder] if cfg.encoder else []
     counts = encode_job(
         ["--input", spec, "--output", str(store), "--generator", cfg.generator,
          "--steps", str(cfg.encode_steps), "--batch-size", str(cfg.encode_batch),
-         "--shard-size", str(4 * cfg.encode_batch), "--overwrite"]
+         "--shard-size", str(4 * cfg.encode_batch), "--overwrite", *init]
     )  # fmt: skip
     say(f"encoded {counts['encoded']} images in {time.perf_counter() - started:.0f}s, "
         f"mean PSNR {counts['mean_rec_psnr']} dB")  # fmt: skip

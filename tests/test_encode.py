@@ -260,3 +260,66 @@ def test_large_model_sharing_gives_the_same_store(nets, reference, tmp_path, mon
     counts = run(_args(nets, tmp_path / "shared", "--large-model"))
     assert counts["encoded"] == 40
     assert _checksums(str(tmp_path / "shared")) == _checksums(str(reference[0]))
+
+
+@pytest.fixture(scope="module")
+def encoders(nets, tmp_path_factory):
+    """Two tiny encoders for the test generator (different seeds) and one for another one."""
+    from advmix.checkpoints import load_generator
+    from advmix.perceptual import load_features
+    from gan.encoder import EncoderTrainConfig, EncoderTrainer
+
+    root = tmp_path_factory.mktemp("encoders")
+    G, F = load_generator(nets[0]), load_features(str(nets[1]))
+    paths = []
+    for seed, generator in (
+        (0, G),
+        (1, G),
+        (0, load_generator(tiny_generator(root / "G2.pt", seed=5))),
+    ):
+        cfg = EncoderTrainConfig(steps=2, batch=4, width=4, max_width=8, seed=seed)
+        paths.append(
+            EncoderTrainer(cfg, generator, F, root / f"run{len(paths)}").train(progress=False)
+        )
+    return paths
+
+
+def test_encoder_init_is_recorded_and_never_mixes_with_another(nets, encoders, tmp_path):
+    out = tmp_path / "store"
+    counts = run(_args(nets, out, "--init", "encoder", "--encoder", str(encoders[0])))
+    assert counts["encoded"] == 40
+    from advmix.encoder import encoder_fingerprint, load_encoder
+
+    recorded = open_store(str(out)).encoder
+    assert recorded["init"] == "encoder"
+    assert recorded["encoder_fingerprint"] == encoder_fingerprint(load_encoder(encoders[0])[0])
+    # an unfinished store started with one encoder refuses another, before any work
+    import shutil
+
+    shutil.rmtree(tmp_path / "partial", ignore_errors=True)
+    partial = tmp_path / "partial"
+    shutil.copytree(out, partial)
+    (partial / "manifest.json").unlink()
+    result = _encode_cli(*_args(nets, partial, "--init", "encoder", "--encoder", str(encoders[1])))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "started with other settings (encoder.encoder_fingerprint)" in result.stderr
+    assert "inverted" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "extra, code, message",
+    [
+        (["--init", "encoder"], 2, "--init encoder and --encoder E.pt go together"),
+        (["--encoder", "ENC0"], 2, "--init encoder and --encoder E.pt go together"),
+        (["--init", "encoder", "--encoder", "ENC2"], 1, "was trained for generator"),
+        (["--init", "encoder", "--encoder", "TEXT"], 1, "not a readable encoder checkpoint"),
+    ],
+)
+def test_bad_encoder_arguments_are_one_line(nets, encoders, tmp_path, extra, code, message):
+    text = tmp_path / "notes.txt"
+    text.write_text("not an encoder")
+    names = {"ENC0": str(encoders[0]), "ENC2": str(encoders[2]), "TEXT": str(text)}
+    result = _encode_cli(*_args(nets, tmp_path / "x"), *[names.get(a, a) for a in extra])
+    assert result.returncode == code, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
