@@ -37,9 +37,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from advmix.objectives import SINGLE_LABEL, MultiLabel, SingleLabel
 from advmix.projections import PROJECTIONS, StyleSet
 from advmix.settings import check, setting
 from advmix.stylegan import CoarseActivations, Generator, to_unit
@@ -167,8 +167,10 @@ def advmix(
     style_set: StyleSet,
     cfg: AdvMixConfig | None = None,
     generator: torch.Generator | None = None,
+    objective: SingleLabel | MultiLabel = SINGLE_LABEL,
 ) -> AttackResult:
-    """Algorithm 2, batched; see the module docstring. ``w`` [B, L, D], ``y`` [B]."""
+    """Algorithm 2, batched; see the module docstring. ``w`` [B, L, D], ``y`` the targets
+    (``objective``: [B] classes, or [B, A] attributes, where any wrong attribute fools)."""
     cfg = cfg or AdvMixConfig()
     w = w.detach().to(torch.float32)
     kept = KeptMixes(w[:, k:].clone(), G.cfg.img_channels, G.cfg.resolution)
@@ -181,7 +183,7 @@ def advmix(
         fine = style_set.fine(G, a.cur)
         images = to_unit(G.synthesis_fine(a.coarse, fine))
         logits = model(images)
-        return fine, images, logits, F.cross_entropy(logits, a.y, reduction="none")
+        return fine, images, logits, objective.loss(logits, a.y)
 
     with _EvalMode(model), torch.enable_grad():
         for _ in range(cfg.restarts):
@@ -193,7 +195,7 @@ def advmix(
             a = Ascent(start.clone().requires_grad_(True), idx, coarse.select(idx), y[idx], start)
             for step in range(cfg.steps + 1):
                 fine, images, logits, loss = loss_of(a)
-                wrong = logits.argmax(dim=1) != a.y  # the 0-1 loss
+                wrong = objective.wrong(logits, a.y)  # the 0-1 loss
                 evaluations += len(a.idx)
                 kept.record(a.idx, fine, images, wrong, loss)
                 if step == cfg.steps:
@@ -238,6 +240,7 @@ def pgd_linf(
     lo: float = 0.0,
     hi: float = 1.0,
     generator: torch.Generator | None = None,
+    objective: SingleLabel | MultiLabel = SINGLE_LABEL,
 ) -> Tensor:
     """l_inf PGD (Madry et al.): ``eps`` and ``step_size`` in [0, 1] pixel units, scaled to the
     input range ``[lo, hi]``; returns ``x_adv`` with ``|x_adv - x| <= eps * (hi - lo)``."""
@@ -253,7 +256,7 @@ def pgd_linf(
     with _EvalMode(model), torch.enable_grad():
         for _ in range(steps):
             adv.requires_grad_(True)
-            loss = F.cross_entropy(model(adv), y)
+            loss = objective.mean_loss(model(adv), y)
             (grad,) = torch.autograd.grad(loss, adv)
             with torch.no_grad():
                 adv = adv + alpha * grad.sign()
@@ -277,5 +280,4 @@ def _beta(alpha: float, generator: torch.Generator) -> float:
     return float(a[0] / a.sum())
 
 
-def mixup_loss(logits: Tensor, y_a: Tensor, y_b: Tensor, lam: float) -> Tensor:
-    return lam * F.cross_entropy(logits, y_a) + (1 - lam) * F.cross_entropy(logits, y_b)
+mixup_loss = SINGLE_LABEL.mixup_loss  # classes; MULTI_LABEL.mixup_loss mixes attributes

@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advmix.checkpoints import CheckpointError, atomic_save, safe_load
@@ -33,9 +34,25 @@ class ClassifierConfig:
     # the colour channels: on Colored Fashion-MNIST, where every colour has max channel 1, this
     # recovers the grey item exactly, so a gray-trained network is colour-blind).
     input_mode: str = "rgb"
+    arch: str = "smallcnn"  # smallcnn | resnet18 | resnet50 (torchvision's, no download)
+    input_size: int | None = None  # images are resized to this first (None: as they come)
+    targets: list[str] | None = None  # the attributes it predicts (None: the store's classes)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @property
+    def multi_label(self) -> bool:
+        return bool(self.targets) and len(self.targets) > 1
+
+
+def fit_input(images: Tensor, size: int | None) -> Tensor:
+    """Images resized to the classifier's input size (antialiased when shrinking)."""
+    if size is None or images.shape[-1] == size:
+        return images
+    shrink = images.shape[-1] > size
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=shrink)  # fmt: skip
 
 
 def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -74,6 +91,7 @@ class SmallCNN(nn.Module):
 
     def prepare(self, images: Tensor) -> Tensor:
         """[B, 3, H, W] RGB in [0, 1] -> the network's input per ``cfg.input_mode``."""
+        images = fit_input(images, self.cfg.input_size)
         if self.cfg.input_mode == "gray-max" and images.shape[1] != 1:
             images = images.amax(dim=1, keepdim=True)
         return images
@@ -85,11 +103,66 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-def make_classifier(num_classes: int, width: int = 32, grayscale: bool = False) -> SmallCNN:
-    """A SmallCNN for RGB inputs, or the colour-blind one (``grayscale``: the oracle)."""
-    return SmallCNN(cfg=ClassifierConfig(
-        num_classes=num_classes, in_channels=1 if grayscale else 3, width=width,
-        input_mode="gray-max" if grayscale else "rgb",
+class ResNet(nn.Module):
+    """torchvision's ResNet-18/50 built here (no hub download), fed RGB images in [0, 1]: resized
+    to ``cfg.input_size``, grey repeated over RGB for ``gray-max``, ImageNet-normalised."""
+
+    def __init__(self, cfg: ClassifierConfig):
+        super().__init__()
+        from torchvision import models
+
+        self.cfg = cfg
+        self.net = {"resnet18": models.resnet18, "resnet50": models.resnet50}[cfg.arch](
+            weights=None, num_classes=cfg.num_classes
+        )
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
+                             persistent=False)  # fmt: skip
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1),
+                             persistent=False)  # fmt: skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = fit_input(x, self.cfg.input_size)
+        if self.cfg.input_mode == "gray-max":
+            x = x.amax(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+        return self.net((x - self.mean) / self.std)
+
+    def load_backbone(self, path) -> None:
+        """Pretrained torchvision weights from a file (``weights_only``), all but the last
+        layer (its classes are ours)."""
+        state = safe_load(path, what="torchvision weights")
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path}: not a state dict of torchvision weights")
+        state = {k.removeprefix("module."): v for k, v in state.items()
+                 if not k.removeprefix("module.").startswith("fc.")}  # fmt: skip
+        missing, unexpected = self.net.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith("fc.") for k in missing):
+            raise CheckpointError(f"{path}: not {self.cfg.arch} weights "
+                                  f"({len(unexpected)} unexpected, {len(missing)} missing)")  # fmt: skip
+
+
+ARCHITECTURES = {"smallcnn": SmallCNN, "resnet18": ResNet, "resnet50": ResNet}
+
+
+def build_classifier(cfg: ClassifierConfig) -> nn.Module:
+    if cfg.arch not in ARCHITECTURES:
+        raise CheckpointError(f"unknown classifier architecture {cfg.arch!r}")
+    return ARCHITECTURES[cfg.arch](cfg=cfg)
+
+
+def make_classifier(
+    num_classes: int,
+    width: int = 32,
+    grayscale: bool = False,
+    arch: str = "smallcnn",
+    input_size: int | None = None,
+    targets: list[str] | None = None,
+) -> nn.Module:
+    """A classifier for RGB inputs, or the colour-blind one (``grayscale``: the oracle)."""
+    return build_classifier(ClassifierConfig(
+        num_classes=num_classes, in_channels=1 if grayscale and arch == "smallcnn" else 3,
+        width=width, input_mode="gray-max" if grayscale else "rgb", arch=arch,
+        input_size=input_size, targets=targets,
     ))  # fmt: skip
 
 
@@ -101,7 +174,7 @@ def predict(model: nn.Module, images01: Tensor, batch: int = 500) -> Tensor:
     )
 
 
-def save_classifier(model: SmallCNN, path, extra: dict | None = None) -> None:
+def save_classifier(model: nn.Module, path, extra: dict | None = None) -> None:
     payload = {
         "format": CLASSIFIER_FORMAT,
         "version": CLASSIFIER_VERSION,
@@ -112,14 +185,14 @@ def save_classifier(model: SmallCNN, path, extra: dict | None = None) -> None:
     atomic_save(payload, path)
 
 
-def load_classifier(path, map_location="cpu") -> tuple[SmallCNN, dict]:
+def load_classifier(path, map_location="cpu") -> tuple[nn.Module, dict]:
     """(model in eval mode, extra dict) from a ``save_classifier`` file."""
     data = safe_load(path, map_location=map_location, what="classifier checkpoint")
     if not isinstance(data, dict) or data.get("format") != CLASSIFIER_FORMAT:
         raise CheckpointError(f"{path}: not an advmix classifier checkpoint")
     try:
         cfg = ClassifierConfig(**json.loads(data["config"]))
-        model = SmallCNN(cfg=cfg)
+        model = build_classifier(cfg)
         model.load_state_dict(data["state_dict"])
         extra = json.loads(data.get("extra", "{}"))
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:

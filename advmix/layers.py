@@ -1,13 +1,18 @@
-"""Building blocks shared by the generator and the discriminator: equalised-learning-rate
-linear layers and the StyleGAN2 modulated convolution, with explicit shapes."""
+"""Building blocks of the generator and the discriminator, one class per layer kind, with
+explicit shapes: equalised-learning-rate linear layers, the StyleGAN2 modulated convolution,
+FIR resampling, and the synthesis layers (a styled 3x3 conv, a styled toRGB)."""
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from advmix.stylegan import GeneratorConfig
 
 LRELU_GAIN = math.sqrt(2.0)
 
@@ -110,3 +115,70 @@ class FullyConnectedLayer(nn.Module):
         if self.activation == "lrelu":
             x = F.leaky_relu(x, 0.2) * LRELU_GAIN
         return x
+
+
+class SynthesisLayer(nn.Module):
+    """Modulated 3x3 conv (optionally 2x upsampling) + noise + bias + lrelu (+ clamp)."""
+
+    def __init__(
+        self, cfg: GeneratorConfig, in_channels: int, out_channels: int, resolution: int, up: bool
+    ):
+        super().__init__()
+        self.resolution, self.up, self.grouped = resolution, up, cfg.grouped
+        self.conv_clamp = cfg.conv_clamp
+        self.affine = FullyConnectedLayer(cfg.w_dim, in_channels, bias_init=1.0)
+        self.weight = nn.Parameter(torch.randn([out_channels, in_channels, 3, 3]))
+        self.bias = nn.Parameter(torch.zeros([out_channels]))
+        self.noise_strength = nn.Parameter(torch.zeros([]))
+        self.register_buffer("noise_const", torch.randn([resolution, resolution]))
+        self.fir = up and cfg.resample == "fir"
+        if self.fir:  # derived, not a weight: kept out of checkpoints and fingerprints
+            self.register_buffer("resample_filter", fir_kernel(), persistent=False)
+
+    def forward(self, x: Tensor, w: Tensor, noise_mode: str = "const") -> Tensor:
+        styles = self.affine(w)  # [B, I]
+        if self.fir:
+            x = modulated_conv2d(x, self.weight, styles, demodulate=False,
+                                 up_filter=self.resample_filter)  # fmt: skip
+        else:
+            if self.up:
+                x = upsample2x(x)
+            x = modulated_conv2d(x, self.weight, styles, demodulate=False, padding=1,
+                                 grouped=self.grouped)  # fmt: skip
+        # Demodulation, noise, bias and the activation gain as one fused multiply-add
+        # (lrelu(v) * g == lrelu(v * g) for g > 0), then the activation in place: the
+        # elementwise passes over [B, O, H, W] dominate these small layers on a CPU.
+        scale = demodulation(self.weight, styles)[:, :, None, None] * LRELU_GAIN
+        x = torch.addcmul(self.offset(x, noise_mode), x, scale)
+        x = F.leaky_relu_(x, 0.2)
+        # not in place: the activation's backward needs its output as it was
+        return x if self.conv_clamp is None else x.clamp(-self.conv_clamp, self.conv_clamp)
+
+    def offset(self, x: Tensor, noise_mode: str) -> Tensor:
+        """(noise * strength + bias) * gain: [O, H, W], or [B, O, H, W] for random noise."""
+        bias = self.bias[:, None, None]
+        if noise_mode == "random":
+            res = self.resolution
+            noise = torch.randn([x.shape[0], 1, res, res], device=x.device, dtype=x.dtype)
+            return (noise * self.noise_strength + bias) * LRELU_GAIN
+        if noise_mode == "const":
+            return (self.noise_const * self.noise_strength + bias) * LRELU_GAIN
+        return bias * LRELU_GAIN
+
+
+class ToRGBLayer(nn.Module):
+    """Modulated 1x1 conv without demodulation: features -> image channels."""
+
+    def __init__(self, cfg: GeneratorConfig, in_channels: int):
+        super().__init__()
+        self.grouped, self.conv_clamp = cfg.grouped, cfg.conv_clamp
+        self.affine = FullyConnectedLayer(cfg.w_dim, in_channels, bias_init=1.0)
+        self.weight = nn.Parameter(torch.randn([cfg.img_channels, in_channels, 1, 1]))
+        self.bias = nn.Parameter(torch.zeros([cfg.img_channels]))
+        self.weight_gain = 1 / math.sqrt(in_channels)
+
+    def forward(self, x: Tensor, w: Tensor) -> Tensor:
+        styles = self.affine(w) * self.weight_gain
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False, grouped=self.grouped)
+        x = x + self.bias[None, :, None, None]
+        return x if self.conv_clamp is None else x.clamp(-self.conv_clamp, self.conv_clamp)

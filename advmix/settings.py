@@ -60,7 +60,7 @@ def check(obj) -> None:
     """Raise ``ValueError`` (one line, naming the option) for a value out of its range."""
     for f, _ in settings(type(obj)):
         spec, value = spec_of(f), getattr(obj, f.name)
-        if value is None or isinstance(value, bool):
+        if value is None or isinstance(value, bool | tuple | list):
             continue
         name = f"--{flag_of(f)}"
         if spec.choices is not None and value not in spec.choices:
@@ -89,7 +89,7 @@ def as_flat_dict(obj) -> dict:
         if dataclasses.is_dataclass(value):
             out.update(as_flat_dict(value))
         elif spec_of(f) is not None:
-            out[flat_name(f)] = value
+            out[flat_name(f)] = list(value) if isinstance(value, tuple) else value
     return out
 
 

@@ -16,6 +16,8 @@ from advmix.errors import DataError
 SPLITS = {
     "cfmnist": ("train", "train-random", "iid", "random", "swapped"),
     "cmnist": ("train", "train-random", "iid", "random", "swapped"),
+    # CelebA from its own files (?root=DIR), read by the encode job, not by advmix.datasets
+    "celeba": ("train", "valid", "test", "all"),
 }
 DEFAULT_SIGMA = 0.05
 

@@ -131,6 +131,11 @@ def options_from(cls, skip: tuple[str, ...] = ()):
                 continue
             spec, flag = spec_of(f), flag_of(f)
             base = _optional_type(kind)
+            if getattr(base, "__origin__", None) is tuple:  # tuple[str, ...]: repeatable
+                command = click.option(f"--{flag}", flat_name(f), multiple=True, default=f.default,
+                                       type=_click_type(str, spec), help=spec.help,
+                                       callback=lambda ctx, param, v: tuple(v))(command)  # fmt: skip
+                continue
             if base is bool:
                 names = f"--{flag}/--no-{flag}" if f.default else f"--{flag}"
                 command = click.option(names, flat_name(f), default=f.default,

@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store-images", choices=("auto", "yes", "no"), default="auto")
     p.add_argument("--large-model", action="store_true", help="one shared model per machine")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--attributes", default=None,
+                   help="CSV or Parquet of named binary attributes per image (key column id, "
+                   "image, file or filename) for an image folder or Parquet input")
+    p.add_argument("--resize", choices=("center-crop", "none"), default="center-crop",
+                   help="images of another size: crop the centred square and resize it to the "
+                   "generator's resolution, or reject them")
     p.add_argument("--image-column", default="image")
     p.add_argument("--label-column", default="label")
     p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
@@ -128,6 +134,7 @@ def plan_store(args, listing: Listing, G, num_accepted: int) -> tuple[Layout, Pr
         w_dtype=args.w_dtype,
         image_shape=(C, H, W) if _stores_images(args, G) else None,
         label_names=listing.label_names,
+        attribute_names=listing.attribute_names,
     )
     provenance = Provenance(
         k=args.inversion.k,
@@ -138,6 +145,7 @@ def plan_store(args, listing: Listing, G, num_accepted: int) -> tuple[Layout, Pr
             **args.inversion.to_dict(),
             "features": args.features,
             **({"encoder_fingerprint": args.encoder_fingerprint} if args.encoder else {}),
+            "preprocess": {"resize": args.resize, "size": G.cfg.resolution},
         },
         dataset=listing.source,
     )
@@ -173,8 +181,9 @@ def run(argv: list[str] | None = None) -> dict:
         init=args.init,
     )
     listing = list_inputs(
-        args.input, storage_options, image_column=args.image_column, label_column=args.label_column
-    )
+        args.input, storage_options, attributes=args.attributes, image_column=args.image_column,
+        label_column=args.label_column,
+    )  # fmt: skip
     if not args.overwrite:  # resuming: the shards there must come from these same settings
         _refuse_other_settings(output, plan_store(args, listing, G, 1)[1])
     image_shape = (G.cfg.img_channels, G.cfg.resolution, G.cfg.resolution)
@@ -188,7 +197,7 @@ def run(argv: list[str] | None = None) -> dict:
         storage_options=storage_options,
         encoder_path=args.encoder,
     )
-    split = parse_spec(listing.source).split if listing.kind == "spec" else None
+    split = parse_spec(listing.source).split if listing.kind in ("spec", "celeba") else None
 
     def create_store(accepted: list[int]) -> str:
         if not accepted:
@@ -213,7 +222,7 @@ def run(argv: list[str] | None = None) -> dict:
             | "Decode"
             >> beam.ParDo(
                 DecodeFn(listing.kind, listing.source, image_shape, len(listing.label_names),
-                         storage_options)
+                         storage_options, args.resize, len(listing.attribute_names))
             ).with_outputs(REJECTED, main="accepted")
         )  # fmt: skip
         accepted = (

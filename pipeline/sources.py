@@ -29,6 +29,7 @@ import numpy as np
 from advmix.datasets import load
 from advmix.errors import DataError
 from advmix.spec import SPLITS, parse_spec
+from pipeline.attributes import AttributeTable, read_celeba, read_table
 from schemas.urls import one_line, redact, remember_secrets
 
 
@@ -41,6 +42,7 @@ class SampleRef:
     uri: str
     label: int | None
     payload: bytes | None = field(default=None, repr=False)  # encoded image for Parquet rows
+    attributes: tuple[int, ...] | None = None  # 0/1 per attribute of the listing, if it has any
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class Listing:
     refs: list[SampleRef]
     label_names: tuple[str, ...]
     skipped: int = 0  # hidden files of a folder, not inputs
+    attribute_names: tuple[str, ...] = ()
 
     @property
     def listed(self) -> int:
@@ -64,13 +67,34 @@ def is_dataset_spec(text: str) -> bool:
     return text.split(":", 1)[0] in SPLITS
 
 
-def list_inputs(source: str, storage_options: dict | None = None, **columns) -> Listing:
+def list_inputs(
+    source: str, storage_options: dict | None = None, attributes: str | None = None, **columns
+) -> Listing:
+    """The inputs of ``source``; ``attributes``: a CSV or Parquet table of named attributes
+    for an image folder or a Parquet of images (``pipeline.attributes``)."""
     remember_secrets(source, storage_options)  # so no message quotes them
+    storage_options = storage_options or {}
+    if source.split(":", 1)[0] == "celeba":
+        return _list_celeba(source, storage_options)
     if is_dataset_spec(source):
         return _list_spec(source)
+    table = read_table(attributes, storage_options) if attributes else None
     if source.rstrip("/").endswith(".parquet"):
-        return _list_parquet(source, storage_options or {}, **columns)
-    return _list_folder(source, storage_options or {})
+        return _list_parquet(source, storage_options, table=table, **columns)
+    return _list_folder(source, storage_options, table)
+
+
+def _list_celeba(text: str, storage_options: dict) -> Listing:
+    spec = parse_spec(text)
+    if not spec.root:
+        raise DataError(f"{text}: CelebA needs its folder: celeba:{spec.split}?root=DIR")
+    table = read_celeba(spec.root, spec.split, storage_options)
+    names = sorted(table.rows)[spec.offset :]
+    names = names[: spec.limit] if spec.limit else names
+    root = spec.root.rstrip("/")
+    refs = [SampleRef(i, name, f"{root}/img_align_celeba/{name}", 0,
+                      attributes=table.rows[name]) for i, name in enumerate(names)]  # fmt: skip
+    return Listing("celeba", str(spec), refs, (), attribute_names=table.names)
 
 
 def _list_spec(text: str) -> Listing:
@@ -88,7 +112,7 @@ def _load_spec(spec: str):
     return load(spec)
 
 
-def _list_folder(url: str, storage_options: dict) -> Listing:
+def _list_folder(url: str, storage_options: dict, table: AttributeTable | None) -> Listing:
     try:
         fs, root = fsspec.url_to_fs(url, **storage_options)
         if not fs.isdir(root):
@@ -100,19 +124,25 @@ def _list_folder(url: str, storage_options: dict) -> Listing:
         raise DataError(f"cannot list {redact(url)}: {one_line(exc)}") from None
     root = root.rstrip("/")
     relative = _relative(files, root)
-    visible = [(path, rel) for path, rel in zip(files, relative, strict=True) if not _hidden(rel)]
-    if not visible:
+    visible = {rel: path for path, rel in zip(files, relative, strict=True) if not _hidden(rel)}
+    if not visible and not table:
         raise DataError(f"{redact(url)}: no files found (hidden files are skipped)")
-    classes = sorted({rel.split("/")[0] for _, rel in visible if "/" in rel})
-    if not classes:
-        raise DataError(f"{redact(url)}: images must sit in one subfolder per class")
+    classes = sorted({rel.split("/")[0] for rel in visible if "/" in rel})
+    if not classes and table is None:
+        raise DataError(f"{redact(url)}: images must sit in one subfolder per class (or pass "
+                        "--attributes)")  # fmt: skip
     label_of = {name: i for i, name in enumerate(classes)}
-    refs = [
-        SampleRef(position, rel, fs.unstrip_protocol(path),
-                  label_of.get(rel.split("/")[0]) if "/" in rel else None)
-        for position, (path, rel) in enumerate(visible)
-    ]  # fmt: skip
-    return Listing("folder", url, refs, tuple(classes), skipped=len(files) - len(visible))
+    # With a table, its rows whose file is missing are inputs too (dead-lettered: missing).
+    wanted = sorted(visible.keys() | (table.rows.keys() if table else set()))
+    refs = []
+    for position, rel in enumerate(wanted):
+        path = visible.get(rel, f"{root}/{rel}")
+        label = label_of.get(rel.split("/")[0]) if classes else 0
+        attributes = table.rows.get(rel) if table else None
+        refs.append(SampleRef(position, rel, fs.unstrip_protocol(path), label,
+                              attributes=attributes))  # fmt: skip
+    return Listing("folder", url, refs, tuple(classes), skipped=len(files) - len(visible),
+                   attribute_names=table.names if table else ())  # fmt: skip
 
 
 def _hidden(rel: str) -> bool:
@@ -130,37 +160,39 @@ def _list_parquet(
     image_column: str = "image",
     label_column: str = "label",
     id_column: str | None = "id",
+    table: AttributeTable | None = None,
 ) -> Listing:
     import pyarrow.parquet as pq
 
+    attributes = table
     try:
         with fsspec.open(url, "rb", **storage_options) as f:
-            table = pq.read_table(f)
+            parquet = pq.read_table(f)
     except (OSError, ValueError) as exc:
         raise DataError(f"{url}: cannot read Parquet ({str(exc).splitlines()[0]})") from None
-    for column in (image_column, label_column):
-        if column not in table.column_names:
-            raise DataError(
-                f"{url}: no column {column!r} (columns: {', '.join(table.column_names)})"
-            )
-    images = table.column(image_column).to_pylist()
-    labels = table.column(label_column).to_pylist()
-    has_ids = id_column and id_column in table.column_names
-    ids = (
-        table.column(id_column).to_pylist()
-        if has_ids
-        else [f"row-{i:08d}" for i in range(len(labels))]
-    )
+    columns = parquet.column_names
+    required = (image_column,) if attributes is not None else (image_column, label_column)
+    for column in required:
+        if column not in columns:
+            raise DataError(f"{url}: no column {column!r} (columns: {', '.join(columns)})")
+    images = parquet.column(image_column).to_pylist()
+    labels = (parquet.column(label_column).to_pylist() if label_column in columns
+              else [0] * len(images))  # fmt: skip
+    has_ids = id_column and id_column in columns
+    ids = (parquet.column(id_column).to_pylist() if has_ids
+           else [f"row-{i:08d}" for i in range(len(labels))])  # fmt: skip
     label_names = tuple(
         str(i) for i in range(max((x for x in labels if x is not None), default=-1) + 1)
-    )
+    ) if label_column in columns else ()  # fmt: skip
     refs = [
         SampleRef(
-            i, str(ids[i]), f"{url}#{i}", None if labels[i] is None else int(labels[i]), images[i]
+            i, str(ids[i]), f"{url}#{i}", None if labels[i] is None else int(labels[i]), images[i],
+            attributes=attributes.rows.get(str(ids[i])) if attributes else None,
         )
         for i in range(len(labels))
-    ]
-    return Listing("parquet", url, refs, label_names)
+    ]  # fmt: skip
+    return Listing("parquet", url, refs, label_names,
+                   attribute_names=attributes.names if attributes else ())  # fmt: skip
 
 
 def decode(
@@ -170,26 +202,48 @@ def decode(
     image_shape: tuple[int, int, int],
     num_classes: int,
     storage_options: dict | None = None,
+    resize: str = "center-crop",
+    attribute_count: int = 0,
 ) -> np.ndarray:
-    """The image of ``ref`` as uint8 [C, H, W]; raises Rejected with the reason when unusable."""
+    """The image of ``ref`` as uint8 [C, H, W] at the generator's size (``resize``:
+    "center-crop" crops the largest centred square and resizes it; "none" rejects other
+    sizes); raises Rejected with the reason when unusable."""
     if ref.label is None:
         raise Rejected("missing label")
-    if not 0 <= ref.label < num_classes:
+    if num_classes and not 0 <= ref.label < num_classes:
         raise Rejected(f"label {ref.label} outside 0..{num_classes - 1}")
+    if attribute_count and ref.attributes is None:
+        raise Rejected("no row in the attribute table")
     if kind == "spec":
         image = _load_spec(source).images[ref.position]
     else:
         raw = ref.payload if kind == "parquet" else _read(ref.uri, storage_options or {})
         image = _decode_bytes(raw)
+    if image.shape != tuple(image_shape) and resize == "center-crop" and image.shape[0] == 3:
+        image = fit_square(image, image_shape[-1])
     if image.shape != tuple(image_shape):
         raise Rejected(f"image shape {tuple(image.shape)} != generator's {tuple(image_shape)}")
     return image
+
+
+def fit_square(image: np.ndarray, size: int) -> np.ndarray:
+    """[3, H, W] uint8 -> [3, size, size]: the largest centred square, resized (Lanczos)."""
+    from PIL import Image
+
+    _, height, width = image.shape
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = np.ascontiguousarray(image[:, top : top + side, left : left + side].transpose(1, 2, 0))
+    resized = Image.fromarray(square).resize((size, size), Image.LANCZOS)
+    return np.ascontiguousarray(np.asarray(resized).transpose(2, 0, 1))
 
 
 def _read(uri: str, storage_options: dict) -> bytes:
     try:
         with fsspec.open(uri, "rb", **storage_options) as f:
             return f.read()
+    except FileNotFoundError:
+        raise Rejected("missing image: file not found") from None
     except OSError as exc:
         raise Rejected(f"unreadable: {type(exc).__name__}: {_stable(str(exc))}") from None
 

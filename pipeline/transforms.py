@@ -27,8 +27,10 @@ def sample_seed(sample_id: str) -> int:
 class DecodeFn(beam.DoFn):
     """SampleRef -> (ref, uint8 image) on the main output, or a dead-letter row on REJECTED."""
 
-    def __init__(self, kind, source, image_shape, num_classes, storage_options):
-        self._args = (kind, source, tuple(image_shape), num_classes, storage_options)
+    def __init__(self, kind, source, image_shape, num_classes, storage_options,
+                 resize="center-crop", attribute_count=0):  # fmt: skip
+        self._args = (kind, source, tuple(image_shape), num_classes, storage_options, resize,
+                      attribute_count)  # fmt: skip
         self.read = Metrics.counter(NAMESPACE, "images_read")
         self.rejected = Metrics.counter(NAMESPACE, "images_rejected")
 
@@ -98,6 +100,9 @@ class WriteShardFn(beam.DoFn):
             for name in ("w", "rec_mse", "rec_psnr")
         }
         writer = StoreWriter.open(self.url, self.storage_options)
+        attributes = None
+        if writer.layout.attribute_names:
+            attributes = np.array([ref.attributes for ref in refs], dtype=np.int8)
         writer.write_shard(
             shard,
             w=out["w"],
@@ -105,6 +110,7 @@ class WriteShardFn(beam.DoFn):
             images=np.concatenate([r.example.images for r in results])
             if self.store_images
             else None,
+            attributes=attributes,
             rows={
                 "id": [ref.id for ref in refs],
                 "source": [ref.uri for ref in refs],

@@ -1,4 +1,8 @@
-"""Names, shapes and the index schema of latent store v1 (``docs/store-format.md``).
+"""Names, shapes and the index schema of the latent store (``docs/store-format.md``).
+
+Version 2 is version 1 plus optional named binary attributes per sample (CelebA's 40, say):
+an ``attributes`` array [N, A] int8 and one index column per attribute. A store without
+attributes is written as version 1, byte for byte what it always was; readers take both.
 
 Everything a writer and a reader must agree on lives here: object paths relative to the store
 root, the array layout derived from a handful of numbers, and the Parquet schemas.
@@ -13,7 +17,8 @@ import pyarrow as pa
 
 from schemas.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the newest this code writes; it reads every version in SCHEMA_VERSIONS
+SCHEMA_VERSIONS = (1, 2)
 FORMAT = "advmix-latent-store"
 
 MANIFEST = "manifest.json"
@@ -31,6 +36,7 @@ TEXT_COLUMNS = ("id", "source", "split")
 RESERVED_COLUMNS = WRITER_COLUMNS + TEXT_COLUMNS
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ATTRIBUTE = re.compile(r"^[A-Za-z0-9_]+$")  # CelebA's include 5_o_Clock_Shadow
 _PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -89,6 +95,7 @@ class Layout:
     image_shape: tuple[int, int, int] | None = None
     label_names: tuple[str, ...] = ()
     metrics: tuple[str, ...] = DEFAULT_METRICS
+    attribute_names: tuple[str, ...] = ()  # binary attributes per sample (version 2)
     arrays: dict[str, ArraySpec] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -116,7 +123,20 @@ class Layout:
         if len(set(metrics)) != len(metrics):
             raise StoreError("metric names must be distinct")
         object.__setattr__(self, "metrics", metrics)
+        attributes = tuple(self.attribute_names)
+        for name in attributes:
+            if not isinstance(name, str) or not _ATTRIBUTE.match(name):
+                raise StoreError(f"attribute name {name!r}: letters, digits and '_' only")
+            if name in RESERVED_COLUMNS or name in metrics:
+                raise StoreError(f"attribute name {name!r} is a reserved index column or a metric")
+        if len(set(attributes)) != len(attributes):
+            raise StoreError("attribute names must be distinct")
+        object.__setattr__(self, "attribute_names", attributes)
         object.__setattr__(self, "arrays", self._array_specs())
+
+    @property
+    def schema_version(self) -> int:
+        return 2 if self.attribute_names else 1
 
     def _array_specs(self) -> dict[str, ArraySpec]:
         n, s, ws = self.num_samples, self.shard_size, (self.num_ws, self.w_dim)
@@ -128,6 +148,9 @@ class Layout:
         if self.image_shape is not None:
             chw = self.image_shape
             arrays["image"] = ArraySpec((n, *chw), "uint8", (1, *chw), (s, *chw))
+        if self.attribute_names:  # 0/1 per attribute, one plain chunk per shard as labels
+            a = len(self.attribute_names)
+            arrays["attributes"] = ArraySpec((n, a), "int8", (s, a), None)
         return arrays
 
     @property
@@ -160,6 +183,7 @@ class Layout:
                 ("split", pa.string()),
             ]
             + [(metric, pa.float64()) for metric in self.metrics]
+            + [(name, pa.int8()) for name in self.attribute_names]
         )
 
     def to_dict(self) -> dict:
@@ -168,6 +192,9 @@ class Layout:
         plan["image_shape"] = list(self.image_shape) if self.image_shape else None
         plan["label_names"] = list(self.label_names)
         plan["metrics"] = list(self.metrics)
+        plan["attribute_names"] = list(self.attribute_names)
+        if not self.attribute_names:  # a version 1 plan, as it always was
+            del plan["attribute_names"]
         return plan
 
     @classmethod
@@ -183,6 +210,7 @@ class Layout:
                 image_shape=tuple(image_shape) if image_shape else None,
                 label_names=tuple(plan.get("label_names", ())),
                 metrics=tuple(plan.get("metrics", ())),
+                attribute_names=tuple(plan.get("attribute_names", ())),
             )
         except (KeyError, TypeError) as exc:
             raise StoreError(f"store layout is malformed ({type(exc).__name__}: {exc})") from None

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.errors import StoreError
-from schemas.layout import FORMAT, SCHEMA_VERSION, Layout, check_relpath
+from schemas.layout import FORMAT, SCHEMA_VERSIONS, Layout, check_relpath
 
 
 def sha256_hex(data: bytes) -> str:
@@ -142,7 +142,10 @@ class Manifest:
     index: ObjectEntry
     dead_letter: ObjectEntry
     num_dead_letters: int
-    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def schema_version(self) -> int:
+        return self.layout.schema_version
 
     def objects(self) -> list[tuple[int | None, ObjectEntry]]:
         """Every object the manifest vouches for, with its shard number (None for the rest)."""
@@ -190,10 +193,10 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise StoreError(f"{where}: manifest.json is not an advmix latent-store manifest")
     version = raw.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise StoreError(
-            f"{where}: unknown store schema version {version!r} (this reader knows {SCHEMA_VERSION})"
-        )
+    if version not in SCHEMA_VERSIONS:
+        known = ", ".join(map(str, SCHEMA_VERSIONS))
+        raise StoreError(f"{where}: unknown store schema version {version!r} (this reader knows "
+                         f"{known})")  # fmt: skip
     try:
         manifest = _from_dict(raw)
     except StoreError as exc:
@@ -214,6 +217,9 @@ def _from_dict(raw: dict[str, Any]) -> Manifest:
     index = ObjectEntry.from_dict(raw["index"])
     dead_letter = ObjectEntry.from_dict(raw["dead_letter"])
     layout = Layout.from_dict(raw)
+    if raw.get("schema_version") != layout.schema_version:
+        raise StoreError(f"manifest.json says schema version {raw.get('schema_version')!r}, but "
+                         f"its contents are version {layout.schema_version}")  # fmt: skip
     if [s.index for s in shards] != list(range(layout.num_shards)):
         raise StoreError(f"manifest lists shards {[s.index for s in shards][:8]}..., "
                          f"expected 0..{layout.num_shards - 1}")  # fmt: skip

@@ -43,6 +43,7 @@ class Shard:
     labels: np.ndarray
     images: np.ndarray | None
     rows: pd.DataFrame
+    attributes: np.ndarray | None = None  # [n, A] 0/1, version 2 stores with attributes
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -150,6 +151,7 @@ class Store:
     has_images = property(lambda self: self.layout.image_shape is not None)
     label_names = property(lambda self: self.layout.label_names)
     metrics = property(lambda self: self.layout.metrics)
+    attribute_names = property(lambda self: self.layout.attribute_names)
     k = property(lambda self: self.manifest.provenance.k)
     generator_fingerprint = property(lambda self: self.manifest.provenance.generator_fingerprint)
     generator_config = property(lambda self: self.manifest.provenance.generator_config)
@@ -182,7 +184,8 @@ class Store:
         arrays = self.read_arrays(shard)
         start, stop = self.shard_bounds(shard)
         rows = self.index().iloc[start:stop]
-        return Shard(shard, start, arrays["w"], arrays["label"], arrays.get("image"), rows)
+        return Shard(shard, start, arrays["w"], arrays["label"], arrays.get("image"), rows,
+                     arrays.get("attributes"))  # fmt: skip
 
     def read_arrays(self, shard: int, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """One whole-shard read of the arrays ``names`` (default: w, label and image if stored),

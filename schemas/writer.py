@@ -159,17 +159,20 @@ class StoreWriter:
         labels: np.ndarray | Sequence[int],
         rows: Rows,
         images: np.ndarray | None = None,
+        attributes: np.ndarray | None = None,
     ) -> ShardEntry:
         """Write every sample of ``shard`` (arrays, index rows) and its completion record.
 
         ``rows`` holds ``id`` (required, unique), optional ``source`` and ``split``, and one
         float column per metric the layout declares (``rec_mse``, ``rec_psnr`` by default),
-        as a column mapping, a list of row dicts or a pandas DataFrame.
+        as a column mapping, a list of row dicts or a pandas DataFrame. ``attributes``
+        [count, A] of 0/1 when the layout names attributes (they also become index columns).
         """
         start, stop = self.layout.shard_bounds(shard)
         count = stop - start
         w, labels, images = self._check_arrays(shard, count, w, labels, images)
-        table = self.index_table(shard, start, count, labels, rows)
+        attributes = self._check_attributes(shard, count, attributes)
+        table = self.index_table(shard, start, count, labels, rows, attributes)
 
         # A stale record must not vouch for objects being replaced: drop it first, write it last.
         # Leftover shard objects go too: zarr merges a shard write into the stored shard, so a
@@ -183,6 +186,8 @@ class StoreWriter:
             arrays["label"][start:stop] = labels
             if images is not None:
                 arrays["image"][start:stop] = images
+            if attributes is not None:
+                arrays["attributes"][start:stop] = attributes
         self.location.write(index_part_path(shard), parquet_bytes(table))
 
         # Hash what actually landed, read back: the record then proves the stored bytes.
@@ -297,7 +302,20 @@ class StoreWriter:
                 )
         return w, labels, images
 
-    def index_table(self, shard, start, count, labels, rows) -> pa.Table:
+    def _check_attributes(self, shard, count, attributes) -> np.ndarray | None:
+        names = self.layout.attribute_names
+        if (attributes is None) != (not names):
+            want = "needs attributes" if attributes is None else "has no attributes"
+            raise StoreError(f"shard {shard}: this store {want}")
+        if attributes is None:
+            return None
+        values = np.asarray(attributes)
+        if values.shape != (count, len(names)) or not np.isin(values, (0, 1)).all():
+            raise StoreError(f"shard {shard}: attributes must be {count} x {len(names)} values of "
+                             f"0 or 1, got {values.dtype} {values.shape}")  # fmt: skip
+        return values.astype(np.int8)
+
+    def index_table(self, shard, start, count, labels, rows, attributes=None) -> pa.Table:
         columns = _columns(rows, f"shard {shard} rows")
         reserved = set(columns) & set(WRITER_COLUMNS)
         if reserved:
@@ -339,6 +357,8 @@ class StoreWriter:
                 data[metric] = pa.array(np.asarray(columns[metric], dtype=np.float64))
             except (TypeError, ValueError):
                 raise StoreError(f"shard {shard}: metric {metric!r} must be numbers") from None
+        for i, name in enumerate(self.layout.attribute_names):
+            data[name] = pa.array(attributes[:, i])
         return pa.Table.from_pydict(data, schema=self.layout.index_schema())
 
     def _open_arrays(self) -> dict:

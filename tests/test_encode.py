@@ -104,7 +104,7 @@ def test_bad_folder_inputs_go_to_the_dead_letter_table(nets, tmp_path):
     (tmp_path / "in" / "class0" / "corrupt.png").write_bytes(b"\x89PNG garbage")
     (tmp_path / "in" / "class1" / "small.png").write_bytes(_png(images[0][:28, :28]))
     (tmp_path / "in" / "loose.png").write_bytes(_png(images[0]))
-    counts = run(_args(nets, tmp_path / "out", source=str(tmp_path / "in")))
+    counts = run(_args(nets, tmp_path / "out", "--resize", "none", source=str(tmp_path / "in")))
     assert (counts["read"], counts["encoded"], counts["rejected"]) == (9, 6, 3)
     store = open_store(str(tmp_path / "out"))
     assert store.manifest.layout.label_names == ("class0", "class1")

@@ -325,10 +325,10 @@ def test_no_manifest(tmp_path):
 
 
 def test_unknown_schema_version(store_path):
-    edit_manifest(store_path, lambda m: m.update(schema_version=2, shards="whatever"))
+    edit_manifest(store_path, lambda m: m.update(schema_version=3, shards="whatever"))
     with pytest.raises(StoreError) as exc:
         open_store(str(store_path))
-    assert "unknown store schema version 2 (this reader knows 1)" in one_line(exc)
+    assert "unknown store schema version 3 (this reader knows 1, 2)" in one_line(exc)
 
 
 def test_manifest_that_is_not_json(store_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from advmix.attacks import AdvMixConfig
+from advmix.classifiers import ARCHITECTURES
 from advmix.settings import as_flat_dict, check, setting
 from training.methods import METHODS, TRAIN_ON
 
@@ -47,6 +48,16 @@ class TrainConfig:
         False, "Colour-blind classifier (max over RGB) at train and eval: the oracle baseline.",
         fixed=True,
     )  # fmt: skip
+    target: tuple[str, ...] = setting(
+        (), "Attribute to predict (repeatable: several at once, multi-label) [default: the "
+        "store's class labels].", fixed=True,
+    )  # fmt: skip
+    arch: str = setting("smallcnn", "Classifier architecture.", choices=tuple(ARCHITECTURES),
+                        fixed=True)  # fmt: skip
+    arch_weights: str | None = setting(None, "Pretrained torchvision weights for a ResNet "
+                                       "(all but its last layer).", kind="file", fixed=True)  # fmt: skip
+    input_size: int | None = setting(None, "Resize the classifier's inputs to this size "
+                                     "[default: the store's images].", low=8, fixed=True)  # fmt: skip
     width: int = setting(32, "SmallCNN width.", low=1, fixed=True)
     buffer_size: int = setting(4096, "Shuffle buffer.", low=0, fixed=True)
     workers: int = setting(0, "DataLoader workers.", low=0, fixed=True)
@@ -57,6 +68,7 @@ class TrainConfig:
     storage_options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.target = tuple(self.target)
         check(self)
         if self.train_on is None:
             self.train_on = DEFAULT_TRAIN_ON.get(self.method, "both")

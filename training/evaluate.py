@@ -18,15 +18,16 @@ import torch
 from advmix import attacks
 from advmix.attacks import AdvMixConfig
 from advmix.checkpoints import CheckpointError, generator_fingerprint, load_generator, safe_load
-from advmix.classifiers import CLASSIFIER_FORMAT, ClassifierConfig, SmallCNN
+from advmix.classifiers import CLASSIFIER_FORMAT, ClassifierConfig, build_classifier
 from advmix.errors import AdvmixError
 from advmix.projections import fit_style_set
 from advmix.stylegan import resolve_k, to_unit
 from training import runfiles
+from training.targets import resolve_targets
 from training.train import images_to_unit
 
 
-def load_model(path, device: str = "cpu") -> tuple[SmallCNN, dict]:
+def load_model(path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
     """(classifier in eval mode, info) from a training checkpoint or a ``classifier.pt``."""
     data = safe_load(path, what="classifier checkpoint")
     formats = (runfiles.CHECKPOINT_FORMAT, CLASSIFIER_FORMAT)
@@ -41,7 +42,7 @@ def load_model(path, device: str = "cpu") -> tuple[SmallCNN, dict]:
             cfg = ClassifierConfig(**json.loads(data["config"]))
             weights = data["state_dict"]
             info = json.loads(data.get("extra", "{}"))
-        model = SmallCNN(cfg=cfg)
+        model = build_classifier(cfg)
         model.load_state_dict(weights)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
@@ -70,23 +71,31 @@ def evaluate_datasets(model, specs, batch_size: int, device, data_root=None) -> 
     return rows
 
 
-def fooled_by_advmix(model, G, w, y, k, style_set, cfg: AdvMixConfig, gen) -> tuple:
-    result = attacks.advmix(model, G, w, y, k, style_set, cfg, gen)
-    return result.fooled, result.evaluations
+def fooled_by_advmix(model, G, w, y, k, style_set, cfg: AdvMixConfig, gen, objective) -> tuple:
+    """(which examples a mix fools, per-target correctness on the kept mixes, mixes tried)."""
+    result = attacks.advmix(model, G, w, y, k, style_set, cfg, gen, objective)
+    with torch.no_grad():
+        kept = objective.correct(model(result.images), y)
+    return result.fooled, kept, result.evaluations
 
 
-def fooled_by_randmix(model, G, w, y, k, style_set, cfg: AdvMixConfig, gen) -> tuple:
+def fooled_by_randmix(model, G, w, y, k, style_set, cfg: AdvMixConfig, gen, objective) -> tuple:
     """A RandMix attack: ``cfg.restarts`` random fine styles per example, no ascent."""
     fooled = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+    kept = None
     for _ in range(cfg.restarts):
         images, _ = attacks.randmix(G, w, k, gen)
         with torch.no_grad():
-            fooled |= model(images).argmax(1) != y
-    return fooled, len(y) * cfg.restarts
+            logits = model(images)
+        fooled |= objective.wrong(logits, y)
+        correct = objective.correct(logits, y)
+        kept = correct if kept is None else kept & correct
+    return fooled, kept, len(y) * cfg.restarts
 
 
-# Attacks ``advmix evaluate --attack`` knows: (model, G, w, y, k, style set, config, generator)
-# -> (which examples some tried mix fools, mixes decoded).
+# Attacks ``advmix evaluate --attack`` knows: (model, G, w, y, k, style set, config, generator,
+# objective) -> (which examples some tried mix fools, per-target correct under the attack,
+# mixes decoded).
 ATTACKS = {"advmix": fooled_by_advmix, "randmix": fooled_by_randmix}
 
 
@@ -115,7 +124,8 @@ def evaluate_store(
     limit: int | None,
     device,
 ) -> dict:
-    """Nominal accuracy on the store's images and robust accuracy under ``attack``."""
+    """Nominal accuracy on the store's images and robust accuracy under ``attack``, overall
+    and per target (the classifier's attributes, or its classes)."""
     from schemas.reader import open_store
     from training.stream import LatentStream
 
@@ -127,6 +137,8 @@ def evaluate_store(
     elif attack != "none":
         raise AdvmixError(f"--attack {attack} needs --generator (mixes are decoded with it)")
     store = open_store(url, storage_options, expect_generator=fp)
+    targets = resolve_targets(model.cfg.targets, store, num_classes=model.cfg.num_classes)
+    objective = targets.objective
     attack_fn = ATTACKS.get(attack)
     style_set = None
     if attack_fn is not None:
@@ -135,13 +147,14 @@ def evaluate_store(
     stream = LatentStream(store, batch_size=batch_size, shuffle=False, buffer_size=0)
     gen = torch.Generator().manual_seed(seed)
     n = nominal = robust = worst = evaluations = 0
+    per_target = torch.zeros(2, len(targets.labels), dtype=torch.long)  # nominal, robust
     started = time.perf_counter()
     for batch in stream.loader():
         if limit is not None and n >= limit:
             break
         take = len(batch["label"]) if limit is None else min(len(batch["label"]), limit - n)
         w = batch["w"][:take].to(device)
-        y = batch["label"][:take].to(device)
+        y = targets.of(batch)[:take].to(device)
         with torch.no_grad():
             if "image" in batch:
                 x = images_to_unit(batch["image"][:take].to(device))
@@ -149,22 +162,30 @@ def evaluate_store(
                 x = to_unit(G.synthesis(w))
             else:
                 raise AdvmixError(f"{store.url} holds no images: pass --generator to decode w")
-            ok = model(x).argmax(1) == y
-        fooled = torch.zeros_like(ok)
+            logits = model(x)
+        ok, correct = ~objective.wrong(logits, y), objective.correct(logits, y)
+        fooled, kept = torch.zeros_like(ok), correct
         if attack_fn is not None:
-            fooled, tried = attack_fn(model, G, w, y, k, style_set, cfg, gen)
+            fooled, kept, tried = attack_fn(model, G, w, y, k, style_set, cfg, gen, objective)
             evaluations += tried
         n += take
         nominal += int(ok.sum())
         robust += int((~fooled).sum())
         worst += int((ok & ~fooled).sum())
+        per_target += torch.stack([correct.sum(0), kept.sum(0)]).cpu()
     out = {
         "data": store.url,
         "n": n,
         "accuracy": nominal / max(n, 1),
         "attack": attack,
         "wall_s": round(time.perf_counter() - started, 2),
-    }
+        "per_target": {
+            name: {"accuracy": int(per_target[0, i]) / max(n, 1),
+                   **({"robust_accuracy": int(per_target[1, i]) / max(n, 1)}
+                      if attack_fn is not None else {})}
+            for i, name in enumerate(targets.labels)
+        },
+    }  # fmt: skip
     if attack_fn is not None:
         out.update(
             robust_accuracy=robust / max(n, 1),
@@ -186,6 +207,12 @@ def format_table(rows: list[dict]) -> str:
             f"{'' if robust is None else f'{robust:.4f}':>8} "
             f"{'' if worst is None else f'{worst:.4f}':>8}"
         )
+        targets = row.get("per_target", {})
+        if list(targets) != ["class"]:  # attributes: one line each
+            for name, acc in targets.items():
+                rob = acc.get("robust_accuracy")
+                lines.append(f"{'  ' + name:<44} {row['n']:>7} {acc['accuracy']:>9.4f} "
+                             f"{'' if rob is None else f'{rob:.4f}':>8}")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advmix import attacks
+from advmix.objectives import SINGLE_LABEL, MultiLabel, SingleLabel
 from advmix.projections import StyleSet
 from advmix.stylegan import Generator
 
@@ -36,71 +36,74 @@ class MethodContext:
     k: int
     style_set: StyleSet
     cfg: TrainConfig
+    objective: SingleLabel | MultiLabel = SINGLE_LABEL  # classes, or attributes at once
 
 
 @dataclass
 class TrainBatch:
-    """Inputs and labels to train on, and what the method measured while making them."""
+    """Inputs and targets to train on, and what the method measured while making them."""
 
     inputs: Tensor
     targets: Tensor
+    objective: SingleLabel | MultiLabel = SINGLE_LABEL
     info: dict = field(default_factory=dict)
 
     def loss(self, logits: Tensor) -> Tensor:
-        return F.cross_entropy(logits, self.targets)
+        return self.objective.mean_loss(logits, self.targets)
 
     def accuracy(self, logits: Tensor) -> Tensor:
-        return (logits.argmax(1) == self.targets).float().mean()
+        return self.objective.correct(logits, self.targets).float().mean()
 
 
 @dataclass
 class MixupBatch(TrainBatch):
-    """Convex combinations of pairs: labels ``targets`` (weight ``lam``) and ``targets_b``."""
+    """Convex combinations of pairs: targets ``targets`` (weight ``lam``) and ``targets_b``."""
 
     targets_b: Tensor | None = None
     lam: float = 1.0
 
     def loss(self, logits: Tensor) -> Tensor:
-        return attacks.mixup_loss(logits, self.targets, self.targets_b, self.lam)
+        return self.objective.mixup_loss(logits, self.targets, self.targets_b, self.lam)
 
     def accuracy(self, logits: Tensor) -> Tensor:
-        pred = logits.argmax(1)
-        hits_a, hits_b = (pred == self.targets).float(), (pred == self.targets_b).float()
+        hits_a = self.objective.correct(logits, self.targets).float()
+        hits_b = self.objective.correct(logits, self.targets_b).float()
         return (self.lam * hits_a + (1 - self.lam) * hits_b).mean()
 
 
-def with_perturbed(cfg: TrainConfig, x: Tensor, y: Tensor, perturbed: Tensor, info=None):
-    if cfg.train_on == "both":
-        return TrainBatch(torch.cat([x, perturbed]), torch.cat([y, y]), info or {})
-    return TrainBatch(perturbed, y, info or {})
+def with_perturbed(ctx: MethodContext, x: Tensor, y: Tensor, perturbed: Tensor, info=None):
+    if ctx.cfg.train_on == "both":
+        return TrainBatch(torch.cat([x, perturbed]), torch.cat([y, y]), ctx.objective, info or {})
+    return TrainBatch(perturbed, y, ctx.objective, info or {})
 
 
 def nominal(ctx: MethodContext, x, w, y, generator) -> TrainBatch:
-    return TrainBatch(x, y)
+    return TrainBatch(x, y, ctx.objective)
 
 
 def adversarial(ctx: MethodContext, x, w, y, generator) -> TrainBatch:
     """AT: l_inf PGD on pixels."""
     cfg = ctx.cfg
-    adv = attacks.pgd_linf(ctx.model, x, y, cfg.eps, steps=cfg.pgd_steps, generator=generator)
-    return with_perturbed(cfg, x, y, adv)
+    adv = attacks.pgd_linf(ctx.model, x, y, cfg.eps, steps=cfg.pgd_steps, generator=generator,
+                           objective=ctx.objective)  # fmt: skip
+    return with_perturbed(ctx, x, y, adv)
 
 
 def randmix(ctx: MethodContext, x, w, y, generator) -> TrainBatch:
     images, _ = attacks.randmix(ctx.G, w, ctx.k, generator)
-    return with_perturbed(ctx.cfg, x, y, images, {"evaluations": len(y)})
+    return with_perturbed(ctx, x, y, images, {"evaluations": len(y)})
 
 
 def advmix(ctx: MethodContext, x, w, y, generator) -> TrainBatch:
     result = attacks.advmix(ctx.model, ctx.G, w, y, ctx.k, ctx.style_set, ctx.cfg.attack,
-                            generator)  # fmt: skip
+                            generator, ctx.objective)  # fmt: skip
     info = {"fooled": result.fooled.float().mean().item(), "evaluations": result.evaluations}
-    return with_perturbed(ctx.cfg, x, y, result.images, info)
+    return with_perturbed(ctx, x, y, result.images, info)
 
 
 def mixup(ctx: MethodContext, x, w, y, generator) -> TrainBatch:
     mixed, y_a, y_b, lam = attacks.mixup(x, y, ctx.cfg.mixup_alpha, generator)
-    return MixupBatch(mixed, y_a, targets_b=y_b, lam=lam)
+    return MixupBatch(mixed, y_a, ctx.objective, targets_b=y_b, lam=lam)
 
 
 METHODS: dict[str, Callable[..., TrainBatch]] = {

@@ -23,6 +23,8 @@ class ShardReader:
 
     def __init__(self, store: Store, with_images: bool, prefetch: int) -> None:
         self.names = ("w", "label", "image") if with_images else ("w", "label")
+        if store.attribute_names:  # the targets of attribute stores (version 2)
+            self.names += ("attributes",)
         self.store = store
         self.prefetch = prefetch
         self.pool = ThreadPoolExecutor(max_workers=prefetch) if prefetch > 0 else None
@@ -165,6 +167,8 @@ class WorkerIterator:
         }
         if "image" in out:
             batch["image"] = torch.from_numpy(np.ascontiguousarray(out["image"]))
+        if "attributes" in out:
+            batch["attributes"] = torch.from_numpy(np.ascontiguousarray(out["attributes"]))
         return batch
 
 

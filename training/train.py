@@ -35,6 +35,7 @@ from advmix.stylegan import resolve_k, to_unit
 from training import runfiles
 from training.config import TrainConfig
 from training.methods import METHODS, MethodContext
+from training.targets import resolve_targets
 
 
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
@@ -101,15 +102,21 @@ class Trainer:
             self.store, batch_size=cfg.batch_size, seed=cfg.seed, buffer_size=cfg.buffer_size,
             rank=self.dist.rank, world_size=self.dist.world_size, num_workers=cfg.workers,
         )  # fmt: skip
+        self.targets = resolve_targets(cfg.target, self.store)
         torch.manual_seed(cfg.seed)
-        num_classes = max(len(self.store.label_names), 2)
-        self.model = make_classifier(num_classes, cfg.width, cfg.grayscale).to(self.device)
+        self.model = make_classifier(
+            self.targets.num_outputs, cfg.width, cfg.grayscale, cfg.arch, cfg.input_size,
+            list(self.targets.names) or None,
+        ).to(self.device)  # fmt: skip
+        if cfg.arch_weights:
+            self.model.load_backbone(cfg.arch_weights)
         self.opt = torch.optim.Adam(
             self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
         # The valid fine-style set: AdvMix's projection, also used by every method's grids.
         style_set = fit_style_set(self.G, self.k, cfg.attack, seed=cfg.seed).to(self.device)
-        self.method = MethodContext(self.model, self.G, self.k, style_set, cfg)
+        self.method = MethodContext(self.model, self.G, self.k, style_set, cfg,
+                                    self.targets.objective)  # fmt: skip
         self.make_batch = METHODS[cfg.method]
         self.ddp = None
         if self.dist.enabled:
@@ -194,7 +201,7 @@ class Trainer:
     def train_step(self, batch: dict) -> dict:
         gen = step_generator(self.cfg.seed, self.dist.rank, self.step)
         x = self.nominal_images(batch)
-        y = batch["label"].to(self.device)
+        y = self.targets.of(batch).to(self.device)
         w = batch["w"].to(self.device)
         net = self.ddp if self.ddp is not None else self.model
         self.model.train()
@@ -243,11 +250,11 @@ class Trainer:
             return
         from torchvision.utils import save_image
 
-        names = ("w", "label", "image") if self.store.has_images else ("w", "label")
-        data = self.store.read_arrays(0, names)
+        data = self.store.read_arrays(0)
         n = min(8, len(data["label"]))
         w = torch.from_numpy(np.asarray(data["w"][:n], dtype=np.float32)).to(self.device)
-        y = torch.from_numpy(np.asarray(data["label"][:n], dtype=np.int64)).to(self.device)
+        first = {name: torch.from_numpy(np.asarray(v[:n])) for name, v in data.items()}
+        y = self.targets.of(first).to(self.device)
         gen = torch.Generator().manual_seed(self.cfg.seed + 10_007 * (self.epoch + 1))
         with torch.no_grad():
             recon = to_unit(self.G.synthesis(w))
@@ -257,7 +264,7 @@ class Trainer:
                 else recon
             )
         mixes = attacks.advmix(self.model, self.G, w, y, self.k, self.method.style_set,
-                               self.cfg.attack, gen).images  # fmt: skip
+                               self.cfg.attack, gen, self.targets.objective).images  # fmt: skip
         rand, _ = attacks.randmix(self.G, w, self.k, gen)
         grid = torch.cat([nominal, recon, mixes, rand]).cpu()
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -281,6 +288,7 @@ class Trainer:
             },
             "generator": {"path": str(self.cfg.generator), "fingerprint": self.g_fingerprint},
             "k": self.k,
+            "targets": self.targets.labels,
             "classifier": json.loads(self.model.cfg.to_json()),
             "device": str(self.device),
             "world_size": self.dist.world_size,
