@@ -9,3 +9,5 @@ GENERATOR = ASSETS / "cfmnist-G.pt"
 GRAY_CLASSIFIER = ASSETS / "cfmnist-gray-classifier.pt"
 # Half-width VGG16 trunk trained on cfmnist:train-random: Algorithm 1's perceptual features.
 FEATURES = ASSETS / "cfmnist-vgg.pt"
+# Amortised encoder for GENERATOR: Algorithm 1's starting styles (docs/model-card-encoder.md).
+ENCODER = ASSETS / "cfmnist-E.pt"

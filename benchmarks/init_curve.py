@@ -85,7 +85,7 @@ def run(encoder_path: str, num_images: int = 512, batch: int = 64, steps=STEPS) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--encoder", default=str(shipped.ASSETS / "cfmnist-E.pt"))
+    parser.add_argument("--encoder", default=str(shipped.ENCODER))
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--steps", default=",".join(map(str, STEPS)))
     parser.add_argument("--out", required=True)

@@ -56,10 +56,10 @@ class EncoderTrainConfig:
     pixel_weight: float = setting(1.0, "Weight of ||G(E(x)) - x||^2.", low=0, fixed=True)
     perceptual_weight: float = setting(1.0, "Weight of the VGG distance of G(E(x)) to x.",
                                        low=0, fixed=True)  # fmt: skip
+    # Not fixed: a finished synthetic run may be resumed to add a real phase.
     real_data: str | None = setting(
-        None, "Real unlabelled images (dataset spec) for the fine-tuning phase.",
-        flag="data", fixed=True,
-    )  # fmt: skip
+        None, "Real unlabelled images (dataset spec) for the fine-tuning phase.", flag="data"
+    )
     real_steps: int = setting(0, "Fine-tuning steps on --data, reconstruction only.", low=0)
     width: int = setting(32, "Channels of the encoder's first conv.", low=1, fixed=True)
     max_width: int = setting(256, "Channel cap of the encoder.", low=1, fixed=True)

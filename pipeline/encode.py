@@ -93,12 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store-images", choices=("auto", "yes", "no"), default="auto")
     p.add_argument("--large-model", action="store_true", help="one shared model per machine")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
-    p.add_argument("--attributes", default=None,
-                   help="CSV or Parquet of named binary attributes per image (key column id, "
-                   "image, file or filename) for an image folder or Parquet input")
-    p.add_argument("--resize", choices=("center-crop", "none"), default="center-crop",
-                   help="images of another size: crop the centred square and resize it to the "
-                   "generator's resolution, or reject them")
+    p.add_argument(
+        "--attributes",
+        default=None,
+        help="CSV or Parquet of named binary attributes per image (key column id, "
+        "image, file or filename) for an image folder or Parquet input",
+    )
+    p.add_argument(
+        "--resize",
+        choices=("center-crop", "none"),
+        default="center-crop",
+        help="images of another size: crop the centred square and resize it to the "
+        "generator's resolution, or reject them",
+    )
     p.add_argument("--image-column", default="image")
     p.add_argument("--label-column", default="label")
     p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")

@@ -126,7 +126,10 @@ def test_the_study_writes_the_papers_table(celeba, tmp_path):
 
 @pytest.mark.parametrize(
     "broken, message",
-    [("row", "line 8: 3 values for 4 attributes"), ("value", "attribute value '2' is not -1, 0 or 1")],
+    [
+        ("row", "line 8: 3 values for 4 attributes"),
+        ("value", "attribute value '2' is not -1, 0 or 1"),
+    ],
 )
 def test_a_bad_attribute_file_is_one_line(celeba, tmp_path, broken, message):
     write_celeba(tmp_path / "data", broken)
@@ -145,7 +148,9 @@ def test_a_missing_image_is_dead_lettered_and_counts_add_up(celeba, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "listed 24: encoded 23, rejected 1, skipped 0" in result.stdout
     dead = open_store(str(tmp_path / "out")).dead_letters()
-    assert dead[["id", "reason"]].values.tolist() == [["000004.jpg", "missing image: file not found"]]
+    assert dead[["id", "reason"]].values.tolist() == [
+        ["000004.jpg", "missing image: file not found"]
+    ]
 
 
 def test_unknown_targets_and_stores_without_attributes_are_one_line(celeba, tmp_path, capsys):

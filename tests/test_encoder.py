@@ -284,3 +284,22 @@ def test_inversion_starts_from_the_prediction(nets):
         start = E(images)
     result = invert(G, F, images, InversionConfig(steps=0, w_avg_samples=8, k=4), w_start=start)
     assert torch.equal(result.ws, start)
+
+
+def test_the_cli_trains_resumes_and_writes_an_encoder_encoding_accepts(tmp_path, capsys):
+    from cli.main import main
+
+    G, F = tiny_generator(tmp_path / "G.pt"), tiny_features(tmp_path / "F.pt")
+    args = ["encoder", "train", "--generator", str(G), "--features", str(F), "--out",
+            str(tmp_path / "run"), "--batch", "4", "--width", "4", "--max-width", "8",
+            "--no-progress", "--log-every", "1"]  # fmt: skip
+    main([*args, "--steps", "2"])
+    main([*args, "--steps", "3", "--data", "cfmnist:train-random?limit=16", "--real-steps", "1",
+          "--resume"])  # fmt: skip
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["step"] == 4 and summary["encoder"].endswith("encoder.pt")
+    E, info = load_encoder(summary["encoder"])
+    assert info["generator_fingerprint"] == generator_fingerprint(load_generator(G))
+    with pytest.raises(SystemExit) as exc:  # a setting that must not change on resume
+        main([*args, "--steps", "5", "--lr", "0.5", "--resume"])
+    assert exc.value.code == 1 and "lr" in capsys.readouterr().err
