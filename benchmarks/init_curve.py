@@ -29,9 +29,12 @@ from advmix.stylegan import decode, seeded_z
 STEPS = (0, 5, 10, 20, 40, 100)
 
 
-def measure_point(G, features, classifier, encoder, images, labels, steps: int, batch: int):
+def measure_point(G, features, classifier, encoder, images, labels, steps: int, batch: int,
+                  encoder_lr: float = 0.02):  # fmt: skip
     """Quality and images/s of one (init, steps) point over all ``images``."""
-    cfg = InversionConfig(steps=steps, k=G.cfg.k, init="encoder" if encoder else "mean")
+    init = "encoder" if encoder else "mean"
+    lr = encoder_lr if encoder is not None else 0.2
+    cfg = InversionConfig(steps=steps, k=G.cfg.k, init=init, lr=lr)
     mean = mean_style(G, cfg.w_avg_samples, cfg.seed)
     ws, psnr = [], []
     started = time.perf_counter()
@@ -60,7 +63,8 @@ def measure_point(G, features, classifier, encoder, images, labels, steps: int, 
     }
 
 
-def run(encoder_path: str, num_images: int = 512, batch: int = 64, steps=STEPS) -> dict:
+def run(encoder_path: str, num_images: int = 512, batch: int = 64, steps=STEPS,
+        inits=("mean", "encoder"), encoder_lr: float = 0.02) -> dict:  # fmt: skip
     torch.manual_seed(0)
     G = load_generator(shipped.GENERATOR)
     features = load_features("cfmnist")
@@ -73,11 +77,15 @@ def run(encoder_path: str, num_images: int = 512, batch: int = 64, steps=STEPS) 
         originals = predict(classifier, (images + 1) / 2)
     out = {"images": f"cfmnist:iid?limit={num_images}", "batch": batch, "k": G.cfg.k,
            "threads": torch.get_num_threads(), "encoder": info["fingerprint"],
-           "classifier_on_originals": round(float((originals == labels).float().mean()), 4)}  # fmt: skip
+           "classifier_on_originals": round(float((originals == labels).float().mean()), 4),
+           "encoder_lr": encoder_lr}  # fmt: skip
     for name, enc in (("mean", None), ("encoder", encoder)):
+        if name not in inits:
+            continue
         out[name] = []
         for n in steps:
-            point = measure_point(G, features, classifier, enc, images, labels, n, batch)
+            point = measure_point(G, features, classifier, enc, images, labels, n, batch,
+                                  encoder_lr)  # fmt: skip
             print(json.dumps({"init": name, **point}), flush=True)
             out[name].append(point)
     return out
@@ -88,10 +96,13 @@ def main() -> None:
     parser.add_argument("--encoder", default=str(shipped.ENCODER))
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--steps", default=",".join(map(str, STEPS)))
+    parser.add_argument("--inits", default="mean,encoder")
+    parser.add_argument("--encoder-lr", type=float, default=0.02)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     steps = tuple(int(s) for s in args.steps.split(","))
-    result = run(args.encoder, args.images, steps=steps)
+    result = run(args.encoder, args.images, steps=steps, inits=args.inits.split(","),
+                 encoder_lr=args.encoder_lr)  # fmt: skip
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=2)
 
