@@ -91,8 +91,35 @@ def run(
         "beam_images_per_s": round(num_images / beam_s, 2),
         "batched_speedup_vs_per_image": round(per_image_s / batched_s, 2),
         "beam_wall_vs_batched_wall": round(beam_s / batched_s, 3),
-        "targets": {
-            "batched_speedup_vs_per_image": ">= 10",
-            "beam_wall_vs_batched_wall": "<= 1.15",
-        },
+        "init": equal_quality(device=device),
     }
+
+
+def equal_quality(num_images: int = 64, mean_steps: int = 100, encoder_steps: int = 20,
+                  device: str = "cpu") -> dict:  # fmt: skip
+    """Images/s and PSNR of the mean start at ``mean_steps`` and the shipped encoder's start
+    at ``encoder_steps`` (the step counts of equal quality in docs/encoding.md), same images,
+    one run."""
+    if not (SHIPPED.exists() and shipped.ENCODER.exists()):
+        return {"skipped": "needs the shipped generator and encoder"}
+    from advmix.encoder import load_encoder
+
+    images = torch.from_numpy(load(f"cfmnist:iid?limit={num_images}").images).float()
+    images = (images / 127.5 - 1.0).to(device)
+    G = load_generator(SHIPPED, map_location=device)
+    features = load_features("cfmnist", device=device)
+    encoder, _ = load_encoder(shipped.ENCODER, map_location=device)
+    out = {"images": num_images}
+    for name, steps, lr in (("mean", mean_steps, 0.2), ("encoder", encoder_steps, 0.02)):
+        cfg = InversionConfig(steps=steps, k=G.cfg.k, lr=lr, init=name)
+        started = time.perf_counter()
+        with torch.no_grad():
+            start = encoder(images) if name == "encoder" else mean_style(G, 1000, 0)
+        result = invert(G, features, images, cfg, seeds=range(num_images), w_start=start)
+        seconds = time.perf_counter() - started
+        out[name] = {"steps": steps, "images_per_s": round(num_images / seconds, 2),
+                     "psnr_db": round(float(result.rec_psnr.mean()), 2)}  # fmt: skip
+    out["encoder_vs_mean_images_per_s"] = round(
+        out["encoder"]["images_per_s"] / out["mean"]["images_per_s"], 2
+    )
+    return out

@@ -1,9 +1,9 @@
 """Does a store encoded from the encoder's start train AdvMix as well as the paper's mean start?
 
-    python -m studies.init_study --encoder advmix/assets/cfmnist-E.pt --encoder-steps 10
+    python -m studies.init_study --encoder advmix/assets/cfmnist-E.pt --encoder-steps 10,40
 
 Two stores of the same 1024 biased-colour training images (sigma 0.05): Algorithm 1 from the
-mean style for 100 steps, and from the encoder's prediction for ``--encoder-steps`` steps.
+mean style for 100 steps, and from the encoder's prediction for each of ``--encoder-steps``.
 AdvMix trains from each with 3 seeds (10 epochs, the demo's settings) and is tested on the
 ``iid``, ``random`` and ``swapped`` colours. Prints (and writes ``OUT/summary.json``) the mean
 and spread per store and split, and each store's encode time.
@@ -24,16 +24,14 @@ from studies.study import DEMO, SPLITS, Timings, run_study, say
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoder", required=True)
-    parser.add_argument("--encoder-steps", type=int, default=10)
+    parser.add_argument("--encoder-steps", default="10", help="comma-separated step counts")
     parser.add_argument("--mean-steps", type=int, default=100)
     parser.add_argument("--out", type=Path, default=Path("runs/init-study"))
     args = parser.parse_args()
-    arms = {
-        f"mean-{args.mean_steps}": dataclasses.replace(DEMO, encode_steps=args.mean_steps),
-        f"encoder-{args.encoder_steps}": dataclasses.replace(
-            DEMO, encode_steps=args.encoder_steps, encoder=args.encoder
-        ),
-    }
+    arms = {f"mean-{args.mean_steps}": dataclasses.replace(DEMO, encode_steps=args.mean_steps)}
+    for steps in (int(s) for s in args.encoder_steps.split(",")):
+        arms[f"encoder-{steps}"] = dataclasses.replace(DEMO, encode_steps=steps,
+                                                       encoder=args.encoder)  # fmt: skip
     summary = {}
     for name, cfg in arms.items():
         cfg = dataclasses.replace(cfg, methods=("advmix",), seeds=(0, 1, 2),
