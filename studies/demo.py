@@ -1,6 +1,7 @@
-"""``make demo``: the end-to-end run a new user starts with (about 15 minutes on 2 CPU cores).
+"""``make demo``: the end-to-end run a new user starts with (minutes on 2 CPU cores).
 
-Encodes ~1000 biased-colour Colored Fashion-MNIST training images with the Beam job into one
+Encodes ~1000 biased-colour Colored Fashion-MNIST training images with the Beam job (Algorithm
+1 from the shipped encoder's prediction) into one
 latent store, trains nominal, RandMix and AdvMix classifiers from that store, evaluates them on
 the ``iid``, ``random`` and ``swapped`` test colours, and writes ``demo-out/report.md`` with the
 table, a bar plot and image grids.
@@ -36,11 +37,12 @@ def write_report(cfg: StudyConfig, out: Path, results: list[dict], wall_s: float
         shutil.copy(grids[-1], out / "adversarial-mixes.png")
     bar_plot(results, names, out / "accuracy.png")
     table = markdown_table(results, names)
+    start = "the shipped encoder's prediction" if cfg.encoder else "the mean style"
     text = f"""# AdvMix demo report
 
 Classifiers trained on {cfg.train_images} Colored Fashion-MNIST training images whose colour
 is biased by class (sigma {sigma:g}), from one latent store encoded by the Beam job with the
-shipped generator ({cfg.encode_steps} inversion steps). Tested on 10k test images with the
+shipped generator ({cfg.encode_steps} inversion steps from {start}). Tested on 10k test images with the
 same biased colours (`iid`), random colours (`random`) and another class's colours (`swapped`).
 Wall time of the whole demo: {wall_s / 60:.1f} min.
 
