@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cli.options import data_root_option, device_options, options_from, set_threads
+from cli.options import data_root_option, device_options, options_from, set_threads, start_or_resume
 from gan.encoder import EncoderTrainConfig
 
 
@@ -36,7 +36,6 @@ def train(generator, run_dir, features, resume, time_limit_min, no_progress, dev
     pixel and a perceptual loss), then optionally fine-tune it on real unlabelled images
     (--data SPEC --real-steps N: reconstruction only)."""
     from advmix.checkpoints import load_generator
-    from advmix.errors import AdvmixError
     from advmix.perceptual import load_features
     from advmix.settings import from_flat
     from gan.encoder import EncoderTrainer
@@ -45,13 +44,8 @@ def train(generator, run_dir, features, resume, time_limit_min, no_progress, dev
     cfg = from_flat(EncoderTrainConfig, settings)
     G = load_generator(generator)
     trainer = EncoderTrainer(cfg, G, load_features(features), run_dir, device=device)
-    if resume:
-        if not trainer.checkpoint_path.is_file():
-            raise AdvmixError(f"{trainer.checkpoint_path}: nothing to resume")
-        trainer.load_checkpoint()
+    if start_or_resume(trainer, resume, run_dir):
         click.echo(f"resumed at step {trainer.step}", err=True)
-    elif trainer.checkpoint_path.exists():
-        raise AdvmixError(f"{run_dir} already holds a run; pass --resume or another --out")
     if cfg.real_steps:
         trainer.load_real_data(data_root)
     out = trainer.train(progress=not no_progress,

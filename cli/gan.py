@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from advmix import shipped
-from cli.options import DATASET_SPEC, data_root_option, device_options, set_threads
+from cli.options import DATASET_SPEC, data_root_option, device_options, set_threads, start_or_resume
 
 
 @click.group()
@@ -87,7 +87,6 @@ def train(spec, run_dir: Path, iterations, batch, lr, r1_gamma, r1_interval, sty
     """Train a StyleGAN2 generator on unlabelled images (non-saturating loss, lazy R1, style
     mixing, EMA); writes snapshots, sample and style-mixing grids into OUT."""
     from advmix.discriminator import DiscriminatorConfig
-    from advmix.errors import AdvmixError
     from advmix.stylegan import GeneratorConfig
     from gan.train import GANTrainConfig, GANTrainer
 
@@ -109,13 +108,8 @@ def train(spec, run_dir: Path, iterations, batch, lr, r1_gamma, r1_interval, sty
                               channel_max=d_channel_max),
     )  # fmt: skip
     trainer = GANTrainer(cfg, run_dir, device=device)
-    if resume:
-        if not trainer.checkpoint_path.is_file():
-            raise AdvmixError(f"{trainer.checkpoint_path}: nothing to resume")
-        trainer.load_checkpoint()
+    if start_or_resume(trainer, resume, run_dir):
         click.echo(f"resumed from iteration {trainer.iteration}", err=True)
-    elif trainer.checkpoint_path.exists():
-        raise AdvmixError(f"{run_dir} already holds a run; pass --resume or another --out")
     trainer.load_data(data_root)
     n_g = sum(p.numel() for p in trainer.G.parameters())
     n_d = sum(p.numel() for p in trainer.D.parameters())

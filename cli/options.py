@@ -233,3 +233,18 @@ def data_root_option(command):
         "--data-root", type=click.Path(file_okay=False), default=None,
         help="Folder with the IDX files.",
     )(command)  # fmt: skip
+
+
+def start_or_resume(trainer, resume: bool, run_dir) -> bool:
+    """``--resume``: load the run's checkpoint (one line when there is none); without it,
+    refuse a directory that already holds a run. Returns whether the run resumed."""
+    from advmix.errors import AdvmixError
+
+    if resume:
+        if not trainer.checkpoint_path.is_file():
+            raise AdvmixError(f"{trainer.checkpoint_path}: nothing to resume")
+        trainer.load_checkpoint()
+        return True
+    if trainer.checkpoint_path.exists():
+        raise AdvmixError(f"{run_dir} already holds a run; pass --resume or another --out")
+    return False

@@ -21,6 +21,7 @@ from cli.options import (
     device_options,
     options_from,
     set_threads,
+    start_or_resume,
     storage_options,
 )
 from training.config import TrainConfig
@@ -41,7 +42,6 @@ def train(run_dir, resume, device, threads, no_progress, storage_options, **sett
 
     Runs on one CPU/GPU, or as DDP under `torchrun --nproc_per_node=N -m cli train ...`.
     """
-    from advmix.errors import AdvmixError
     from training.train import Trainer
 
     set_threads(threads)
@@ -50,14 +50,8 @@ def train(run_dir, resume, device, threads, no_progress, storage_options, **sett
     except ValueError as exc:  # a combination the option types cannot see
         raise click.UsageError(str(exc)) from None
     trainer = Trainer(cfg, run_dir, device=device)
-    if resume:
-        if not trainer.checkpoint_path.is_file():
-            raise AdvmixError(f"{trainer.checkpoint_path}: nothing to resume")
-        trainer.load_checkpoint()
-        if trainer.dist.main:
-            click.echo(f"resumed at step {trainer.step} (epoch {trainer.epoch})", err=True)
-    elif trainer.checkpoint_path.exists():
-        raise AdvmixError(f"{run_dir} already holds a run; pass --resume or another --out")
+    if start_or_resume(trainer, resume, run_dir) and trainer.dist.main:
+        click.echo(f"resumed at step {trainer.step} (epoch {trainer.epoch})", err=True)
     trainer.write_run_record()
     summary = trainer.train(progress=not no_progress)
     if trainer.dist.main:

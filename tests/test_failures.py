@@ -14,11 +14,11 @@ import time
 import numpy as np
 import pytest
 import torch
+from test_cli_store import run as run_in_process
 from tiny_nets import tiny_features, tiny_generator
 from train_helpers import write_store
 
 from advmix.checkpoints import generator_fingerprint, load_generator
-from cli.main import main
 from schemas.errors import StoreError
 from schemas.lease import LEASE, WriterLease
 from schemas.testing import moto_s3
@@ -27,15 +27,7 @@ from schemas.urls import Location, redact, remember_secrets
 SECRET_KEY, SECRET = "AKIAEXAMPLE1234", "s3cr3t/Value+XYZ"
 
 
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """``advmix ARGS`` in this process: (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+cli = run_in_process  # advmix ARGS in this process: (exit code, stdout, stderr)
 
 
 def encode(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
