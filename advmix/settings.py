@@ -29,7 +29,8 @@ class Spec:
     high: float | None = None
     low_open: bool = False  # low itself not allowed
     choices: tuple[str, ...] | None = None
-    kind: str | None = None  # how the CLI parses it: "fraction" (8/255), "file" (must exist)
+    kind: str | None = None  # how the CLI parses it: "fraction" (8/255), "file" (must exist),
+    # "dataset" (a dataset spec such as cfmnist:random?limit=2000)
     fixed: bool = False  # must not change when a run resumes
 
 

@@ -36,6 +36,15 @@ class DatasetSpecType(click.ParamType):
 DATASET_SPEC = DatasetSpecType()
 
 
+class DatasetSpecText(DatasetSpecType):
+    """A dataset spec checked like ``DATASET_SPEC`` but kept as the text the user typed (the
+    form config dataclasses and run records hold)."""
+
+    def convert(self, value, param, ctx) -> str:
+        super().convert(value, param, ctx)
+        return str(value)
+
+
 class FractionType(click.ParamType):
     """A float, or ``A/B`` (e.g. ``8/255``)."""
 
@@ -109,6 +118,8 @@ def _click_type(kind: type, spec):
     """The click type of a setting: its Python type narrowed by the spec's range or choices."""
     if spec.kind == "fraction":
         return FractionType(spec.low, spec.high)
+    if spec.kind == "dataset":
+        return DatasetSpecText()
     if spec.kind == "file":
         return click.Path(exists=True, dir_okay=False)
     if spec.choices is not None:
@@ -138,7 +149,7 @@ def options_from(cls, skip: tuple[str, ...] = ()):
                 continue
             if base is bool:
                 names = f"--{flag}/--no-{flag}" if f.default else f"--{flag}"
-                command = click.option(names, flat_name(f), default=f.default,
+                command = click.option(names, flat_name(f), is_flag=True, default=f.default,
                                        help=spec.help)(command)  # fmt: skip
                 continue
             required = f.default is MISSING and f.default_factory is MISSING

@@ -34,11 +34,7 @@ def markdown_table(results: list[dict], names: dict[str, str]) -> str:
 
 
 def bar_plot(results: list[dict], names: dict[str, str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     stats = aggregate(results)
     methods = [method for (_, method) in stats]
     x = np.arange(len(SPLITS))
@@ -54,18 +50,11 @@ def bar_plot(results: list[dict], names: dict[str, str], path: Path) -> None:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8, loc="lower left")
     ax.set_title("Colored Fashion-MNIST: classifiers trained on biased colours")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def sigma_plot(results: list[dict], names: dict[str, str], path: Path, split: str = "random"):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     stats = aggregate(results)
     fig, ax = plt.subplots(figsize=(8, 3.5), dpi=120)
     for method in dict.fromkeys(m for (_, m) in stats):
@@ -77,10 +66,7 @@ def sigma_plot(results: list[dict], names: dict[str, str], path: Path, split: st
     ax.set_ylabel(f"accuracy on '{split}' colours")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # off the lines
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def oracle_gap(results: list[dict], split: str = "random", reference: float | None = None) -> dict:
@@ -101,3 +87,105 @@ def oracle_gap(results: list[dict], split: str = "random", reference: float | No
     if reference is not None:
         out |= {"reference": reference, "reference_gap_closed": closed(reference)}
     return out
+
+
+# -- the data-scaling study (studies.scaling) --------------------------------------------------
+
+
+def by_size(results: list[dict]) -> dict[tuple[int, str], list[dict]]:
+    """{(images, method): rows over seeds} in first-seen order."""
+    grouped: dict[tuple[int, str], list[dict]] = defaultdict(list)
+    for row in results:
+        grouped[(row["images"], row["method"])].append(row)
+    return dict(grouped)
+
+
+def mean_std(values) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values))
+
+
+def size_table(results: list[dict], names: dict[str, str]) -> str:
+    lines = ["| images | method | epochs | training s | iid | random | swapped |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (images, method), rows in by_size(results).items():
+        cells = " | ".join("{:.3f} ± {:.3f}".format(*mean_std([r[s] for r in rows]))
+                           for s in SPLITS)  # fmt: skip
+        seconds = np.mean([r["train_s"] for r in rows])
+        lines.append(f"| {images} | {names.get(method, method)} | {rows[0]['epochs']} | "
+                     f"{seconds:.0f} | {cells} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def ceiling_gap(results: list[dict], ceiling: float, split: str = "random") -> dict:
+    """{images: {method: (mean, std)}} of the share of the gap between each seed's nominal
+    classifier and ``ceiling`` on ``split`` that a method's run of the same seed closes."""
+    groups = by_size(results)
+    out: dict[int, dict[str, tuple[float, float]]] = {}
+    for (images, method), rows in groups.items():
+        nominal = {r["seed"]: r[split] for r in groups.get((images, "nominal"), [])}
+        shares = [(r[split] - nominal[r["seed"]]) / (ceiling - nominal[r["seed"]])
+                  for r in rows if r["seed"] in nominal]  # fmt: skip
+        if shares:
+            out.setdefault(images, {})[method] = mean_std(shares)
+    return out
+
+
+def size_plot(results: list[dict], names: dict, ceiling: dict[str, float], path: Path) -> None:
+    """Accuracy on ``random`` and ``swapped`` against the number of training images."""
+    plt = _pyplot()
+    groups = by_size(results)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=120, sharey=True)
+    for ax, split in zip(axes, ("random", "swapped"), strict=True):
+        for method in dict.fromkeys(m for (_, m) in groups):
+            points = sorted((n, mean_std([r[split] for r in rows]))
+                            for (n, m), rows in groups.items() if m == method)  # fmt: skip
+            ax.errorbar([p[0] for p in points], [p[1][0] for p in points],
+                        yerr=[p[1][1] for p in points], marker="o", capsize=3,
+                        label=names.get(method, method))  # fmt: skip
+        ax.axhline(ceiling[split], color="k", ls="--", lw=1, label="colour-blind, 60k images")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("training images")
+        ax.set_title(f"test colours: {split}")
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("accuracy")
+    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    _save(fig, path)
+
+
+def compute_plot(runs: list[dict], names: dict, images: int, path: Path) -> None:
+    """Accuracy on ``random`` and ``swapped`` against cumulative training seconds, one curve
+    per method at ``images`` (mean over seeds at each scoring step)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=120, sharey=True)
+    methods = dict.fromkeys(r["method"] for r in runs if r["images"] == images)
+    for ax, split in zip(axes, ("random", "swapped"), strict=True):
+        for method in methods:
+            seeds = [r["points"] for r in runs if r["images"] == images and r["method"] == method]
+            n = min(len(points) for points in seeds)
+            x = [np.mean([points[i]["train_s"] for points in seeds]) for i in range(n)]
+            y = [np.mean([points[i][split] for points in seeds]) for i in range(n)]
+            ax.plot(x, y, marker=".", label=names.get(method, method))
+        ax.set_xlabel("training seconds")
+        ax.set_title(f"{images} images, test colours: {split}")
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("accuracy")
+    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    _save(fig, path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

@@ -1,11 +1,17 @@
-"""``make reproduce``: the full Colored Fashion-MNIST study behind docs/RESULTS.md.
+"""``make reproduce``: the Colored Fashion-MNIST studies behind docs/RESULTS.md.
 
-Every method (nominal, AT 4/255 and 8/255, mixup, RandMix, AdvMix, colour-blind oracle) at
-several strengths of the spurious colour correlation, three seeds each, all from one latent
-store per strength. ``--device cuda`` runs the paper-sized ``FULL`` study (4096 images, 100
-inversion steps, 15 epochs); on a CPU the default preset is ``CPU`` (1024 images, 40 steps, 10
-epochs: about 1.5 hours on 2 cores). Steps that already have outputs under ``--out`` are
-skipped, so it can be stopped and restarted; RESULTS.md states the summed step times.
+``--study scaling`` (the default, ``docs/RESULTS.md``): nominal, RandMix, AdvMix and the
+colour-blind oracle on stores of growing size at the strongest colour correlation, three seeds,
+against the fixed ceiling of a colour-blind classifier trained on all 60k grey images; RandMix
+also at AdvMix's wall-clock, and accuracy against training seconds (``studies.scaling``).
+
+``--study sigma`` (``docs/results-sigma.md``): every method (nominal, AT 4/255 and 8/255, mixup,
+RandMix, AdvMix, oracle) at three strengths of the colour correlation, 1024 images
+(``studies.study``).
+
+``--device cuda`` picks each study's ``full`` preset, a CPU its ``cpu`` preset (about two hours
+each on 2 cores). Steps that already have outputs under ``--out`` are skipped, so a study can be
+stopped and restarted; the page states the summed step times.
 """
 
 from __future__ import annotations
@@ -17,11 +23,22 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from advmix import shipped
 from cli.main import main as advmix_cli
-from studies.report import markdown_table, oracle_gap, sigma_plot
+from studies import scaling
+from studies.report import (
+    ceiling_gap,
+    compute_plot,
+    markdown_table,
+    mean_std,
+    oracle_gap,
+    sigma_plot,
+    size_plot,
+    size_table,
+)
 from studies.study import ARMS, PRESETS, Timings, run_study, say
 
 
@@ -40,10 +57,11 @@ def machine() -> str:
 REFERENCE = shipped.GRAY_CLASSIFIER
 
 
-def reference_accuracy(out: Path, split: str = "random") -> float:
+def reference_accuracy(out: Path, split: str = "random", sigma: float = 0.02) -> float:
     path = out / f"reference-{split}.json"
+    spec = f"cfmnist:{split}" if split == "random" else f"cfmnist:{split}?sigma={sigma:g}"
     if not path.exists():
-        advmix_cli(["evaluate", "--checkpoint", str(REFERENCE), "--data", f"cfmnist:{split}",
+        advmix_cli(["evaluate", "--checkpoint", str(REFERENCE), "--data", spec,
                     "--json-out", str(path)])  # fmt: skip
     return json.loads(path.read_text())["results"][0]["accuracy"]
 
@@ -68,14 +86,7 @@ classifier (`{REFERENCE.name}`, trained on all 60k grey training images), which 
 {rows}"""
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/study"))
-    parser.add_argument("--results", type=Path, default=Path("docs/RESULTS.md"))
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="default: full on cuda, else cpu")
-    args = parser.parse_args()
-    preset = args.preset or ("full" if args.device == "cuda" else "cpu")
+def sigma_page(args, preset: str) -> str:
     cfg = dataclasses.replace(
         PRESETS[preset], extra_train_flags=("--device", args.device, "--no-progress")
     )
@@ -86,10 +97,9 @@ def main() -> None:
     plot = args.results.parent / "img" / "accuracy-vs-sigma.png"
     sigma_plot(results, names, plot)
     compute_min = Timings(args.out / "timings.json").total / 60
-    args.results.write_text(
-        f"""# Results: Colored Fashion-MNIST
+    return f"""# Results: the colour-bias sweep on Colored Fashion-MNIST
 
-Produced by `make reproduce` (`python -m studies.reproduce --device {args.device}`, preset
+Produced by `python -m studies.reproduce --study sigma --device {args.device}` (preset
 `{preset}`) on {machine()}: {compute_min:.0f} min of summed step times ({wall_min:.0f} min in
 the last sitting). Mean ± standard deviation over seeds {list(cfg.seeds)}; classifiers
 trained on {cfg.train_images} biased-colour training images per sigma (one latent store per
@@ -102,8 +112,167 @@ the 10k test images with biased (`iid`), random and swapped colours.
 
 ![accuracy vs sigma](img/{plot.name})
 """
+
+
+def scaling_page(args, preset: str) -> str:
+    cfg = scaling.PRESETS[preset]
+    flags = ("--device", args.device, "--no-progress")
+    cfg = dataclasses.replace(cfg, base=dataclasses.replace(cfg.base, extra_train_flags=flags))
+    started = time.perf_counter()
+    results = scaling.run_scaling(cfg, args.out)
+    wall_min = (time.perf_counter() - started) / 60
+    ceiling = {s: reference_accuracy(args.out, s, cfg.sigma) for s in ("random", "swapped")}
+    names = {key: method.name for key, method in ARMS.items()}
+    img = args.results.parent / "img"
+    size_plot(results, names, ceiling, img / "accuracy-vs-images.png")
+    curves = scaling.curves(results, cfg.eval_specs())
+    largest = max(n for n, _ in cfg.sizes)
+    compute_plot([c for c in curves if c["method"] in ("advmix", "randmix", "randmix-long")],
+                 names, largest, img / "accuracy-vs-seconds.png")  # fmt: skip
+    compute_min = Timings(args.out / "timings.json").total / 60
+    sizes = ", ".join(f"{n} images for {e} epochs" for n, e in cfg.sizes)
+    start = "the shipped encoder's prediction" if cfg.base.encoder else "the mean style"
+    return f"""# Results: Colored Fashion-MNIST
+
+Produced by `make reproduce` (`python -m studies.reproduce --device {args.device}`, preset
+`{preset}`) on {machine()}: {compute_min:.0f} min of summed step times ({wall_min:.0f} min in
+the last sitting). Every number below is the mean ± standard deviation over seeds
+{list(cfg.base.seeds)}, and comes from a run directory under `--out`
+(`{args.out}/runs/n<images>/<method>-seed<seed>/`: `run.json` holds the run's command and
+settings, `eval.json` its accuracies, `metrics.jsonl` its scores during training). The sweep
+over colour-bias strengths and every baseline (AT, mixup) is in
+[results-sigma.md](results-sigma.md).
+
+**Setup.** Colour correlation sigma {cfg.sigma:g} (the strongest of the sweep). One latent store
+per size: the first N biased-colour training images, {cfg.base.encode_steps} inversion steps from
+{start}. Training settings scale with the data, so that larger stores get more steps but fewer
+epochs: {sizes}, batch 64, Adam 1e-3, AdvMix K = 5 (ball projection). The colour-blind oracle gets
+the same images and epochs as the others; the fixed ceiling is the shipped colour-blind
+classifier trained on all 60k grey training images (`{REFERENCE.name}`:
+{ceiling["random"]:.3f} on `random`, {ceiling["swapped"]:.3f} on `swapped`). Accuracy on the 10k
+test images with biased (`iid`), random and swapped colours.
+
+## Accuracy by store size
+
+{size_table(results, names)}
+
+![accuracy vs training images](img/accuracy-vs-images.png)
+
+## Gap to the 60k-image colour-blind classifier
+
+{gap_table(scaling_gap := ceiling_gap(results, ceiling["random"]), names)}
+
+## Equal compute ({largest} images)
+
+{equal_compute_table(results, names, largest)}
+
+Accuracy on {cfg.eval_limit} test images per split, scored every {cfg.eval_every} steps, against
+the seconds spent in training steps (scoring not included), mean over seeds:
+
+![accuracy vs training seconds](img/accuracy-vs-seconds.png)
+
+## Verdict
+
+{verdict(results, scaling_gap, largest)}
+
+## Diagnostics
+
+{diagnostics_table(results, args.out, cfg.sigma)}
+"""
+
+
+def gap_table(gap: dict, names: dict[str, str]) -> str:
+    """Share of the nominal -> ceiling gap on `random` closed, per size and method."""
+    methods = list(dict.fromkeys(m for per in gap.values() for m in per if m != "nominal"))
+    head = "| images | " + " | ".join(names[m] for m in methods) + " |"
+    lines = [head, "|---" * (len(methods) + 1) + "|"]
+    for images, per in gap.items():
+        cells = " | ".join("{:.0%} ± {:.0%}".format(*per[m]) if m in per else "" for m in methods)
+        lines.append(f"| {images} | {cells} |")
+    return (
+        "Share of the gap between each seed's nominal classifier and the ceiling on `random` that "
+        "the same seed's run closes:\n\n" + "\n".join(lines)
     )
-    say(f"wrote {args.results} ({wall_min:.0f} min)")
+
+
+def equal_compute_table(results: list[dict], names: dict[str, str], images: int) -> str:
+    lines = ["| method | epochs | training s | random | swapped |", "|---|---|---|---|---|"]
+    for method in ("advmix", "randmix", "randmix-long"):
+        rows = [r for r in results if r["images"] == images and r["method"] == method]
+        if not rows:
+            continue
+        epochs = sorted({r["epochs"] for r in rows})
+        cells = " | ".join("{:.3f} ± {:.3f}".format(*mean_std([r[s] for r in rows]))
+                           for s in ("random", "swapped"))  # fmt: skip
+        lines.append(f"| {names[method]} | {'/'.join(map(str, epochs))} | "
+                     f"{np.mean([r['train_s'] for r in rows]):.0f} | {cells} |")  # fmt: skip
+    return (
+        "RandMix given the training seconds AdvMix took (more epochs, per seed):\n\n"
+        + "\n".join(lines)
+    )
+
+
+def verdict(results: list[dict], gap: dict, largest: int) -> str:
+    """The study's targets, each checked against the measured means."""
+
+    def mean(method: str, split: str) -> tuple[float, float]:
+        rows = [r for r in results if r["images"] == largest and r["method"] == method]
+        return mean_std([r[split] for r in rows])
+
+    closed, spread = gap[largest]["advmix"]
+    lines = [f"- At {largest} images AdvMix closes {closed:.0%} ± {spread:.0%} of the gap to the "
+             f"60k-image colour-blind classifier on `random`: the 80% target is "
+             f"{'met' if closed >= 0.8 else 'not met'}."]  # fmt: skip
+    rival = "randmix-long" if any(r["method"] == "randmix-long" for r in results) else "randmix"
+    for split in ("random", "swapped"):
+        (a, sa), (b, sb) = mean("advmix", split), mean(rival, split)
+        lines.append(f"- `{split}`: AdvMix {a:.3f} ± {sa:.3f}, RandMix at AdvMix's seconds "
+                     f"{b:.3f} ± {sb:.3f}: AdvMix is {'ahead' if a > b else 'not ahead'} "
+                     f"({a - b:+.3f}).")  # fmt: skip
+    (a, _), (b, _) = mean("advmix", "iid"), mean("nominal", "iid")
+    lines.append(f"- `iid`: AdvMix {a:.3f} against nominal {b:.3f} ({(a - b) * 100:+.1f} points; "
+                 f"the target is within 3).")  # fmt: skip
+    return "\n".join(lines)
+
+
+def diagnostics_table(results: list[dict], out: Path, sigma: float) -> str:
+    """Why mixes can fail: latents that lose the class, mixes that lose it, an attack that
+    still fools the classifier at the end of training."""
+    lines = ["| images | reconstructions keep the class | random mixes keep the class | "
+             "AdvMix examples a mix fooled (last epoch) |", "|---|---|---|---|"]  # fmt: skip
+    for images in dict.fromkeys(r["images"] for r in results):
+        report = json.loads((out / "stores" / f"sigma-{sigma:g}-n{images}-report.json").read_text())
+        fooled = [scaling.fooled_rate(Path(r["run"])) for r in results
+                  if r["images"] == images and r["method"] == "advmix"]  # fmt: skip
+        lines.append(f"| {images} | {report['class_kept_reconstruction']:.1%} | "
+                     f"{report['class_kept_random_mix']:.1%} | "
+                     "{:.1%} ± {:.1%} |".format(*mean_std(fooled)))  # fmt: skip
+    return (
+        "Class kept: judged by the 60k-image colour-blind classifier on the store's first 512 "
+        "samples (`advmix store report`).\n\n" + "\n".join(lines)
+    )
+
+
+# --study NAME: (its page under docs/, the function that runs it and writes the page)
+PAGES = {"scaling": ("RESULTS.md", scaling_page), "sigma": ("results-sigma.md", sigma_page)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", choices=("scaling", "sigma"), default="scaling")
+    parser.add_argument("--out", type=Path, help="default: runs/<study>")
+    parser.add_argument("--results", type=Path, help="default: the study's page under docs/")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--preset", choices=("cpu", "full"), help="default: full on cuda, else cpu")
+    args = parser.parse_args()
+    args.out = args.out or Path("runs") / args.study
+    page, write = PAGES[args.study]
+    args.results = args.results or Path("docs") / page
+    preset = args.preset or ("full" if args.device == "cuda" else "cpu")
+    started = time.perf_counter()
+    text = write(args, preset)
+    args.results.write_text(text)
+    say(f"wrote {args.results} ({(time.perf_counter() - started) / 60:.0f} min)")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ ARMS = {
     "randmix": Arm("RandMix", ("--method", "randmix")),
     "advmix": Arm("AdvMix", ("--method", "advmix")),
     "oracle": Arm("oracle (colour-blind)", ("--method", "nominal", "--grayscale")),
+    # RandMix trained for as long as AdvMix took (more epochs): studies.scaling sets the epochs.
+    "randmix-long": Arm("RandMix, AdvMix's seconds", ("--method", "randmix")),
 }
 
 
@@ -78,11 +80,11 @@ def say(message: str) -> None:
     print(f"[study] {message}", flush=True)
 
 
-def encode(cfg: StudyConfig, sigma: float, out: Path) -> Path:
+def encode(cfg: StudyConfig, sigma: float, store: Path) -> Path:
+    """The store of ``cfg.train_images`` images at ``sigma`` (reused when it exists)."""
     from pipeline.encode import configure_logging
     from pipeline.encode import run as encode_job
 
-    store = out / "stores" / f"sigma-{sigma:g}"
     if (store / "manifest.json").exists():
         say(f"reusing the store {store}")
         return store
@@ -156,7 +158,7 @@ def run_study(cfg: StudyConfig, out: Path) -> list[dict]:
     stores = {}
     for sigma in cfg.sigmas:  # every store first: they are the reusable product of stage 1
         started = time.perf_counter()
-        stores[sigma] = encode(cfg, sigma, out)
+        stores[sigma] = encode(cfg, sigma, out / "stores" / f"sigma-{sigma:g}")
         timings.record(f"encode sigma-{sigma:g}", time.perf_counter() - started)
     results = []
     for sigma in cfg.sigmas:

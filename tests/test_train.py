@@ -125,6 +125,29 @@ def test_run_outputs(nets, straight):
     assert all("fooled" in r for r in lines if r["event"] == "train")
 
 
+def test_scores_while_training_are_logged_and_leave_the_weights_alone(nets, straight, tmp_path):
+    out = tmp_path / "scored"
+    specs = ["cfmnist:random?limit=64", "cfmnist:swapped?sigma=0.02&limit=32"]
+    result = advmix(
+        "train", "--store", nets["store"], "--generator", nets["G"], "--epochs", "2",
+        "--workers", "2", "--out", str(out), *TRAIN, "--eval-every", "4",
+        *[arg for spec in specs for arg in ("--eval-data", spec)],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    a, b = weights(straight / "classifier.pt"), weights(out / "classifier.pt")
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    scores = [r for r in records if r["event"] == "eval"]
+    # every 4 steps, and at each epoch's end (6 steps an epoch) unless just scored
+    assert [r["step"] for r in scores] == [4, 6, 8, 12]
+    seconds = [r["train_s"] for r in scores]
+    assert seconds == sorted(seconds) and seconds[0] > 0
+    assert all(set(r["accuracy"]) == set(specs) for r in scores)
+    assert all(0 <= acc <= 1 for r in scores for acc in r["accuracy"].values())
+    epochs = [r for r in records if r["event"] == "epoch"]
+    assert epochs[-1]["train_s"] == scores[-1]["train_s"]
+
+
 def test_ddp_two_processes_cover_the_store(nets, tmp_path):
     # 97 samples: ranks get 48 and 49 (3 and 4 batches of 16), so DDP runs under join()
     G = load_generator(nets["G"])
@@ -182,6 +205,8 @@ def test_store_from_another_generator_is_refused(nets, tmp_path):
         (["--projection", "sphere"], "--projection"),
         (["--device", "tpu"], "--device"),
         (["--storage-option", "novalue"], "KEY=VALUE"),
+        (["--eval-data", "cfmnist:sideways"], "--eval-data"),
+        (["--eval-every", "0"], "--eval-every"),
     ],
 )
 def test_bad_cli_values_exit_2_with_one_line(nets, tmp_path, extra, message):
@@ -287,3 +312,18 @@ def test_every_method_trains(nets, tmp_path, method):
     assert (tmp_path / method / "classifier.pt").exists()
     if method == "nominal":
         assert trainer.model.cfg.input_mode == "gray-max"
+
+
+def test_grayscale_is_a_flag_that_trains_the_oracle(nets, tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from training.evaluate import load_model
+
+    args = ["train", "--store", nets["store"], "--generator", nets["G"], "--method", "nominal",
+            "--grayscale", "--epochs", "1", "--max-steps", "1", "--width", "4", "--no-progress",
+            "--out", str(tmp_path / "oracle")]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    model, _ = load_model(tmp_path / "oracle" / "classifier.pt")
+    assert model.cfg.input_mode == "gray-max"

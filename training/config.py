@@ -64,11 +64,19 @@ class TrainConfig:
     checkpoint_every: int = setting(50, "Steps between checkpoints.", low=1)
     log_every: int = setting(10, "Steps between metric lines.", low=1)
     max_steps: int | None = setting(None, "Stop after N steps in total.", low=1)
+    eval_data: tuple[str, ...] = setting(
+        (), "Dataset spec to score while training (repeatable, e.g. cfmnist:random?limit=2000): "
+        "accuracies go to metrics.jsonl with the training seconds so far.", kind="dataset",
+    )  # fmt: skip
+    eval_every: int | None = setting(
+        None, "Steps between --eval-data scores [default: at each epoch's end only].", low=1
+    )
     attack: AdvMixConfig = field(default_factory=AdvMixConfig)
     storage_options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.target = tuple(self.target)
+        self.eval_data = tuple(self.eval_data)
         check(self)
         if self.train_on is None:
             self.train_on = DEFAULT_TRAIN_ON.get(self.method, "both")

@@ -19,7 +19,6 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from advmix.projections import fit_style_set
 from advmix.stylegan import resolve_k, to_unit
 from training import runfiles
 from training.config import TrainConfig
+from training.distributed import init_distributed
 from training.methods import METHODS, MethodContext
 from training.targets import resolve_targets
 
@@ -46,34 +46,11 @@ def images_to_unit(images: Tensor) -> Tensor:
     return images.to(torch.float32) / 255.0
 
 
-@dataclass
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
+def load_eval_sets(specs: tuple[str, ...]) -> dict:
+    """{spec: ImageSet} of --eval-data, loaded once (a bad spec fails before any step)."""
+    from advmix.datasets import load
 
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: str) -> Dist:
-    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    import torch.distributed as dist
-
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
-    if device == "cuda":
-        torch.cuda.set_device(local)
-    return Dist(rank, world, local)
+    return {spec: load(spec) for spec in specs}
 
 
 class Trainer:
@@ -124,6 +101,7 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = DDP(self.model, device_ids=ids)
+        self.eval_sets = load_eval_sets(cfg.eval_data)
         self.step = 0
         self.epoch = 0
         self.elapsed_s = 0.0
@@ -243,6 +221,20 @@ class Trainer:
                     self.tb.add_scalar(f"{record.get('event', 'train')}/{key}", value, self.step)
             self.tb.flush()
 
+    def score(self) -> None:
+        """Accuracy on each --eval-data set, logged with the training seconds so far (scoring
+        time not included), so runs of different methods compare at equal compute."""
+        if not self.eval_sets or not self.dist.main:
+            return
+        from training.evaluate import accuracy
+
+        self.model.eval()
+        scores = {spec: accuracy(self.model, data.images, data.labels, 256, self.device)
+                  for spec, data in self.eval_sets.items()}  # fmt: skip
+        self.model.train()
+        self.log({"event": "eval", "epoch": self.epoch, "step": self.step,
+                  "train_s": round(self.elapsed_s, 3), "accuracy": scores})  # fmt: skip
+
     def write_grid(self) -> None:
         """Nominal images (top), the generator's reconstructions G(w), AdvMix mixes against the
         current model, and RandMix mixes (bottom) of the first samples of shard 0."""
@@ -327,8 +319,11 @@ class Trainer:
                 summary = self.run_epoch(loader, progress)
                 if not summary["complete"]:  # stopped by max_steps mid-epoch (checkpointed)
                     break
+                if cfg.eval_every is None or self.step % cfg.eval_every:  # else scored already
+                    self.score()
                 self.write_grid()
-                self.log({"event": "epoch", "epoch": self.epoch, "step": self.step, **summary})
+                self.log({"event": "epoch", "epoch": self.epoch, "step": self.step,
+                          "train_s": round(self.elapsed_s, 3), **summary})  # fmt: skip
                 self.save_checkpoint(epoch_done=True)
                 self.epoch += 1
                 self.stream.set_epoch(self.epoch)
@@ -380,6 +375,8 @@ class Trainer:
                     bar.update(1)
                 if self.step % cfg.log_every == 0:
                     self.log({"event": "train", "epoch": self.epoch, "step": self.step, **metrics})
+                if cfg.eval_every is not None and self.step % cfg.eval_every == 0:
+                    self.score()  # before the checkpoint: a resume redoes a lost score
                 at_limit = cfg.max_steps is not None and self.step >= cfg.max_steps
                 if (self.step % cfg.checkpoint_every == 0 or at_limit) and batches_done <= safe:
                     self.save_checkpoint(epoch_done=False)

@@ -1,0 +1,163 @@
+"""The data-scaling study: does AdvMix's lead grow, hold or vanish with more training images?
+
+At the study's strongest colour correlation, one latent store per size (nested: the first N
+training images) is encoded once, and nominal, RandMix, AdvMix and the colour-blind oracle are
+trained on each, three seeds. Training settings scale with the data: fewer epochs on larger
+stores (``ScalingConfig.sizes``), so the number of steps grows more slowly than the data. Every
+run scores a fixed subset of the ``random`` and ``swapped`` test splits every ``eval_every``
+steps (``advmix train --eval-data``), logged against its training seconds: the accuracy-vs-
+compute curves come from those logs. At the sizes in ``equal_compute``, RandMix is trained once
+more for as many epochs as fit in the seconds AdvMix took there (``randmix-long``).
+
+Every step is skipped when its output exists (stores, classifiers, evaluations), so the study
+continues where it stopped; ``timings.json`` keeps the seconds of every step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from advmix import shipped
+from cli.main import main as advmix_cli
+from studies.study import ARMS, StudyConfig, Timings, encode, evaluate, say, train
+
+# What every run of the scaling study shares (store sizes and epochs come from ScalingConfig).
+BASE = StudyConfig(
+    seeds=(0, 1, 2),
+    methods=("nominal", "randmix", "advmix", "oracle"),
+    encode_steps=10,  # from the shipped encoder's prediction (docs/encoding.md)
+    encoder=str(shipped.ENCODER),
+)
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    base: StudyConfig = field(default_factory=lambda: BASE)
+    sigma: float = 0.02  # the strongest correlation of the colour study
+    sizes: tuple[tuple[int, int], ...] = ((1024, 10), (4096, 4), (16384, 2))  # (images, epochs)
+    equal_compute: tuple[int, ...] = (16384,)  # sizes where RandMix also gets AdvMix's seconds
+    eval_every: int = 64  # steps between the scores behind the accuracy-vs-seconds curves
+    eval_limit: int = 2000  # test images per split in those scores
+
+    def eval_specs(self) -> dict[str, str]:
+        limit = self.eval_limit
+        return {
+            "random": f"cfmnist:random?limit={limit}",
+            "swapped": f"cfmnist:swapped?sigma={self.sigma:g}&limit={limit}",
+        }
+
+    def at_size(self, images: int, epochs: int) -> StudyConfig:
+        """The colour study's settings for one store size."""
+        scores = [arg for spec in self.eval_specs().values() for arg in ("--eval-data", spec)]
+        return dataclasses.replace(
+            self.base, sigmas=(self.sigma,), train_images=images, epochs=epochs,
+            extra_train_flags=(*self.base.extra_train_flags, *scores,
+                               "--eval-every", str(self.eval_every)),
+        )  # fmt: skip
+
+
+# Two CPU cores: 1k/4k/16k images in about two hours. On a GPU: up to all 60k training images,
+# more epochs, stores from 40 steps (the encoder's start at full quality), equal compute at
+# every size.
+CPU = ScalingConfig()
+FULL = ScalingConfig(
+    base=dataclasses.replace(BASE, encode_steps=40),
+    sizes=((1024, 15), (4096, 8), (16384, 4), (60000, 2)),
+    equal_compute=(1024, 4096, 16384, 60000),
+)
+PRESETS = {"cpu": CPU, "full": FULL}
+
+
+def metric_records(run_dir: Path, event: str) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r.get("event") == event]
+
+
+def train_seconds(run_dir: Path) -> float:
+    """Seconds the run spent in training steps (its last epoch record; resumes included)."""
+    return float(metric_records(run_dir, "epoch")[-1]["train_s"])
+
+
+def equal_compute_epochs(advmix_run: Path, randmix_run: Path, randmix_epochs: int) -> int:
+    """Epochs of RandMix that take as long as the AdvMix run did (at least one more)."""
+    per_epoch = train_seconds(randmix_run) / randmix_epochs
+    return max(randmix_epochs + 1, round(train_seconds(advmix_run) / per_epoch))
+
+
+def run_scaling(cfg: ScalingConfig, out: Path) -> list[dict]:
+    """Encode every size's store, train and evaluate every arm; one row per run."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scaling-config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    timings = Timings(out / "timings.json")
+    stores = {}
+    for images, epochs in cfg.sizes:  # every store first: the reusable product of stage 1
+        started = time.perf_counter()
+        store = out / "stores" / f"sigma-{cfg.sigma:g}-n{images}"
+        stores[images] = encode(cfg.at_size(images, epochs), cfg.sigma, store)
+        timings.record(f"encode sigma-{cfg.sigma:g} n{images}", time.perf_counter() - started)
+        store_report(store, cfg.base.generator, out / "stores" / f"{store.name}-report.json")
+    results = []
+    for images, epochs in cfg.sizes:
+        size_cfg = cfg.at_size(images, epochs)
+        runs = out / "runs" / f"n{images}"
+        for method in cfg.base.methods:
+            for seed in cfg.base.seeds:
+                results.append(one_run(size_cfg, method, stores[images], seed, runs, timings))
+        if images not in cfg.equal_compute:
+            continue
+        for seed in cfg.base.seeds:
+            long_epochs = equal_compute_epochs(
+                runs / f"advmix-seed{seed}", runs / f"randmix-seed{seed}", epochs
+            )
+            long_cfg = dataclasses.replace(size_cfg, epochs=long_epochs)
+            results.append(one_run(long_cfg, "randmix-long", stores[images], seed, runs, timings))
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def store_report(store: Path, generator: str, path: Path) -> dict:
+    """``advmix store report`` of a store: do reconstructions and random mixes keep the class
+    (judged by the 60k-image colour-blind classifier)?"""
+    if not path.exists():
+        advmix_cli(["store", "report", str(store), "--generator", generator,
+                    "--limit", "512", "--json-out", str(path)])  # fmt: skip
+    return json.loads(path.read_text())
+
+
+def fooled_rate(run_dir: Path) -> float:
+    """Share of an AdvMix run's training examples of its last epoch that a mix fooled."""
+    records = metric_records(run_dir, "train")
+    last = [r["fooled"] for r in records if r["epoch"] == records[-1]["epoch"]]
+    return sum(last) / len(last) if last else float("nan")  # nan: no step was logged
+
+
+def one_run(cfg: StudyConfig, method: str, store: Path, seed: int, runs: Path, timings) -> dict:
+    run_dir = runs / f"{method}-seed{seed}"
+    started = time.perf_counter()
+    model = train(cfg, method, store, seed, run_dir)
+    accuracy = evaluate(cfg, model, cfg.sigmas[0], run_dir / "eval.json")
+    seconds = time.perf_counter() - started
+    timings.record(f"{method} n{cfg.train_images} seed-{seed}", seconds)
+    say(f"{ARMS[method].name:>26} n {cfg.train_images} seed {seed}: "
+        + ", ".join(f"{s} {a:.3f}" for s, a in accuracy.items()) + f" ({seconds:.0f}s)")  # fmt: skip
+    return {
+        "images": cfg.train_images, "method": method, "seed": seed, "epochs": cfg.epochs,
+        "train_s": round(train_seconds(run_dir), 1), "run": str(run_dir), **accuracy,
+    }  # fmt: skip
+
+
+def curves(results: list[dict], specs: dict[str, str]) -> list[dict]:
+    """Every run's scores against its training seconds: {images, method, seed, points}, each
+    point {train_s, split: accuracy} for the splits of ``specs`` (split -> --eval-data spec)."""
+    out = []
+    for row in results:
+        points = [
+            {"train_s": r["train_s"], **{split: r["accuracy"][s] for split, s in specs.items()}}
+            for r in metric_records(Path(row["run"]), "eval")
+        ]
+        out.append({k: row[k] for k in ("images", "method", "seed")} | {"points": points})
+    return out

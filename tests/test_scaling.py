@@ -1,0 +1,115 @@
+"""The data-scaling study end to end on tiny networks: one store per size, every arm, RandMix at
+AdvMix's seconds, scores against training seconds, and the results page's tables."""
+
+import json
+
+import pytest
+
+from studies.scaling import ScalingConfig, curves, equal_compute_epochs, run_scaling
+from studies.study import StudyConfig
+from tests.tiny_nets import tiny_generator
+
+NAMES = {"nominal": "nominal", "randmix": "RandMix", "advmix": "AdvMix", "oracle": "oracle",
+         "randmix-long": "RandMix, AdvMix's seconds"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def scaled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("scaling")
+    base = StudyConfig(
+        seeds=(0,),
+        methods=("nominal", "randmix", "advmix", "oracle"),
+        encode_steps=2,
+        encode_batch=16,
+        batch_size=16,
+        attack_steps=1,
+        test_limit=40,
+        generator=str(tiny_generator(out / "G.pt", k=4)),
+        extra_train_flags=("--no-progress", "--log-every", "1"),
+    )
+    cfg = ScalingConfig(base=base, sizes=((32, 2), (48, 1)), equal_compute=(48,), eval_every=2,
+                        eval_limit=40)  # fmt: skip
+    return cfg, out / "run", run_scaling(cfg, out / "run")
+
+
+def test_every_size_has_its_store_and_every_arm(scaled):
+    cfg, out, results = scaled
+    assert sorted(p.name for p in (out / "stores").iterdir() if p.is_dir()) == [
+        "sigma-0.02-n32", "sigma-0.02-n48"]  # fmt: skip
+    assert [(r["images"], r["method"]) for r in results] == [
+        (32, "nominal"), (32, "randmix"), (32, "advmix"), (32, "oracle"),
+        (48, "nominal"), (48, "randmix"), (48, "advmix"), (48, "oracle"), (48, "randmix-long"),
+    ]  # fmt: skip
+    for row in results:
+        record = json.loads((out / "runs" / f"n{row['images']}" /
+                             f"{row['method']}-seed0" / "run.json").read_text())  # fmt: skip
+        assert record["store"]["num_samples"] == row["images"]
+        assert record["config"]["epochs"] == row["epochs"]
+        assert all(0.0 <= row[s] <= 1.0 for s in ("iid", "random", "swapped"))
+    report = json.loads((out / "stores" / "sigma-0.02-n48-report.json").read_text())
+    assert 0 <= report["class_kept_random_mix"] <= 1
+
+
+def test_randmix_gets_the_seconds_advmix_took(scaled):
+    cfg, out, results = scaled
+    runs = out / "runs" / "n48"
+    epochs = equal_compute_epochs(runs / "advmix-seed0", runs / "randmix-seed0", 1)
+    long = next(r for r in results if r["method"] == "randmix-long")
+    assert long["epochs"] == epochs >= 2
+
+
+def test_equal_compute_epochs_follow_the_measured_seconds(tmp_path):
+    for name, seconds in (("advmix", 90.0), ("randmix", 20.0)):
+        (tmp_path / name).mkdir()
+        records = [{"event": "epoch", "epoch": e, "train_s": seconds * (e + 1) / 2}
+                   for e in range(2)]  # fmt: skip
+        (tmp_path / name / "metrics.jsonl").write_text("\n".join(map(json.dumps, records)))
+    assert equal_compute_epochs(tmp_path / "advmix", tmp_path / "randmix", 2) == 9
+
+
+def test_scores_against_seconds_come_from_the_runs_logs(scaled):
+    cfg, out, results = scaled
+    runs = curves(results, cfg.eval_specs())
+    advmix = next(r for r in runs if r["method"] == "advmix" and r["images"] == 32)
+    # 32 images in batches of 16: 2 steps an epoch, scored every 2 steps, 2 epochs
+    assert len(advmix["points"]) == 2
+    seconds = [p["train_s"] for p in advmix["points"]]
+    assert seconds == sorted(seconds) and seconds[0] > 0
+    assert all(0 <= p[s] <= 1 for p in advmix["points"] for s in ("random", "swapped"))
+
+
+def test_rerun_trains_nothing(scaled, capsys):
+    cfg, out, results = scaled
+    assert run_scaling(cfg, out) == results
+    printed = capsys.readouterr().out
+    assert "training" not in printed and "encoding" not in printed
+
+
+def test_results_page_tables(scaled, tmp_path):
+    from studies.report import ceiling_gap, compute_plot, size_plot, size_table
+    from studies.reproduce import diagnostics_table, equal_compute_table, gap_table, verdict
+
+    cfg, out, results = scaled
+    assert "| 48 | RandMix, AdvMix's seconds |" in size_table(results, NAMES)
+    gap = ceiling_gap(results, ceiling=1.0)
+    assert gap[48]["nominal"] == (0.0, 0.0)
+    assert "| 32 |" in gap_table(gap, NAMES)
+    assert "| RandMix, AdvMix's seconds |" in equal_compute_table(results, NAMES, 48)
+    text = verdict(results, gap, 48)
+    assert "the 80% target is" in text and "RandMix at AdvMix's seconds" in text
+    diagnostics = diagnostics_table(results, out, 0.02)
+    assert "| 48 |" in diagnostics and "nan" not in diagnostics
+    size_plot(results, NAMES, {"random": 0.9, "swapped": 0.9}, tmp_path / "size.png")
+    compute_plot(curves(results, cfg.eval_specs()), NAMES, 48, tmp_path / "seconds.png")
+    assert (tmp_path / "size.png").stat().st_size > 1000
+    assert (tmp_path / "seconds.png").stat().st_size > 1000
+
+
+def test_gap_to_the_ceiling_is_per_seed():
+    from studies.report import ceiling_gap
+
+    rows = [{"images": 10, "method": m, "seed": seed, "random": acc + seed * 0.1}
+            for m, acc in (("nominal", 0.2), ("advmix", 0.6)) for seed in (0, 1)]  # fmt: skip
+    closed, spread = ceiling_gap(rows, ceiling=1.0)[10]["advmix"]
+    assert closed == pytest.approx((0.4 / 0.8 + 0.4 / 0.7) / 2)
+    assert spread > 0
