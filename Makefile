@@ -36,7 +36,8 @@ data:
 demo: setup
 	$(PY) -m studies.demo
 
-# The full study behind docs/RESULTS.md (hours on a CPU; DEVICE=cuda where a GPU exists).
+# The data-scaling study behind docs/RESULTS.md (about two hours on 2 CPU cores; DEVICE=cuda
+# where a GPU exists). The colour-bias sweep: python -m studies.reproduce --study sigma.
 DEVICE ?= cpu
 reproduce: setup
 	$(PY) -m studies.reproduce --device $(DEVICE)

@@ -337,6 +337,7 @@ def _tiny_store(url: str, num_samples: int) -> None:
     chunk by chunk would take ~10 minutes; the reader cannot tell the difference."""
     from schemas.layout import index_part_path, record_path
     from schemas.manifest import ObjectEntry, ShardEntry
+    from schemas.shard_checks import index_table
     from schemas.writer import parquet_bytes
 
     layout = Layout(
@@ -355,7 +356,8 @@ def _tiny_store(url: str, num_samples: int) -> None:
         a, b = layout.shard_bounds(shard)
         for name, spec in layout.arrays.items():
             location.write(spec.key(name, shard), blobs[name])
-        table = writer.index_table(shard, a, b - a, labels, {"id": np.arange(a, b).astype(str)})
+        ids = {"id": np.arange(a, b).astype(str)}
+        table = index_table(writer.layout, shard, a, b - a, labels, ids)
         location.write(index_part_path(shard), parquet_bytes(table))
         objects = tuple(
             ObjectEntry.of(path, location.read(path)) for path in layout.shard_objects(shard)

@@ -18,9 +18,8 @@ import importlib.metadata
 import io
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -33,8 +32,6 @@ from schemas.layout import (
     INDEX,
     MANIFEST,
     PLAN_ATTRIBUTE,
-    TEXT_COLUMNS,
-    WRITER_COLUMNS,
     Layout,
     dead_letter_part_path,
     index_part_path,
@@ -43,9 +40,15 @@ from schemas.layout import (
 from schemas.lease import LEASE
 from schemas.manifest import Manifest, ObjectEntry, Provenance, ShardEntry
 from schemas.plan import make_plan, plan_parts, read_plan
+from schemas.shard_checks import (
+    Rows,
+    check_arrays,
+    check_attributes,
+    columns_of,
+    index_table,
+    texts,
+)
 from schemas.urls import Location
-
-Rows = Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]
 
 
 class StoreWriter:
@@ -170,9 +173,9 @@ class StoreWriter:
         """
         start, stop = self.layout.shard_bounds(shard)
         count = stop - start
-        w, labels, images = self._check_arrays(shard, count, w, labels, images)
-        attributes = self._check_attributes(shard, count, attributes)
-        table = self.index_table(shard, start, count, labels, rows, attributes)
+        w, labels, images = check_arrays(self.layout, shard, count, w, labels, images)
+        attributes = check_attributes(self.layout, shard, count, attributes)
+        table = index_table(self.layout, shard, start, count, labels, rows, attributes)
 
         # A stale record must not vouch for objects being replaced: drop it first, write it last.
         # Leftover shard objects go too: zarr merges a shard write into the stored shard, so a
@@ -209,7 +212,7 @@ class StoreWriter:
         Each worker uses its own part name (worker or bundle id); writing a part again replaces
         it, so retries do not duplicate rows. Returns the number of rows written.
         """
-        columns = _columns(rows, "dead-letter rows")
+        columns = columns_of(rows, "dead-letter rows")
         unknown = set(columns) - set(DEAD_LETTER_SCHEMA.names)
         if unknown:
             raise StoreError(f"unknown dead-letter columns: {', '.join(sorted(unknown))}")
@@ -219,7 +222,7 @@ class StoreWriter:
         if "reason" not in columns or any(r is None or r == "" for r in columns["reason"]):
             raise StoreError("every dead-letter row needs a non-empty reason")
         arrays = [
-            pa.array(_texts(columns.get(name, [None] * count), name, count), pa.string())
+            pa.array(texts(columns.get(name, [None] * count), name, count), pa.string())
             for name in DEAD_LETTER_SCHEMA.names
         ]
         table = pa.Table.from_arrays(arrays, schema=DEAD_LETTER_SCHEMA)
@@ -264,103 +267,6 @@ class StoreWriter:
 
     # -- helpers, in the order write_shard and commit use them ------------------------------
 
-    def _check_arrays(self, shard, count, w, labels, images):
-        layout = self.layout
-        w = np.asarray(w)
-        expected = (count, layout.num_ws, layout.w_dim)
-        if w.shape != expected:
-            raise StoreError(
-                f"shard {shard}: w has shape {w.shape}, expected {expected} "
-                "(a shard is written whole)"
-            )
-        if not np.issubdtype(w.dtype, np.floating) or not np.isfinite(w).all():
-            raise StoreError(f"shard {shard}: w must be finite floats")
-        with np.errstate(over="ignore"):  # reported below, as a StoreError
-            w = w.astype(layout.w_dtype, copy=False)
-        if not np.isfinite(w).all():
-            raise StoreError(f"shard {shard}: w overflows {layout.w_dtype}")
-        labels = np.asarray(labels)
-        if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
-            raise StoreError(
-                f"shard {shard}: labels must be {count} integers, got {labels.dtype} {labels.shape}"
-            )
-        labels = labels.astype(np.int64, copy=False)
-        if layout.label_names and (labels.min() < 0 or labels.max() >= len(layout.label_names)):
-            raise StoreError(
-                f"shard {shard}: labels must be in [0, {len(layout.label_names)}), got "
-                f"{labels.min()}..{labels.max()}"
-            )
-        if (images is None) != (layout.image_shape is None):
-            want = "needs images" if images is None else "has no image array"
-            raise StoreError(f"shard {shard}: this store {want}")
-        if images is not None:
-            images = np.asarray(images)
-            if images.shape != (count, *layout.image_shape) or images.dtype != np.uint8:
-                raise StoreError(
-                    f"shard {shard}: images must be uint8 {(count, *layout.image_shape)}, "
-                    f"got {images.dtype} {images.shape}"
-                )
-        return w, labels, images
-
-    def _check_attributes(self, shard, count, attributes) -> np.ndarray | None:
-        names = self.layout.attribute_names
-        if (attributes is None) != (not names):
-            want = "needs attributes" if attributes is None else "has no attributes"
-            raise StoreError(f"shard {shard}: this store {want}")
-        if attributes is None:
-            return None
-        values = np.asarray(attributes)
-        if values.shape != (count, len(names)) or not np.isin(values, (0, 1)).all():
-            raise StoreError(f"shard {shard}: attributes must be {count} x {len(names)} values of "
-                             f"0 or 1, got {values.dtype} {values.shape}")  # fmt: skip
-        return values.astype(np.int8)
-
-    def index_table(self, shard, start, count, labels, rows, attributes=None) -> pa.Table:
-        columns = _columns(rows, f"shard {shard} rows")
-        reserved = set(columns) & set(WRITER_COLUMNS)
-        if reserved:
-            raise StoreError(
-                f"shard {shard}: index column(s) {', '.join(sorted(reserved))} are filled by "
-                "the writer (labels go in the labels argument)"
-            )
-        allowed = set(TEXT_COLUMNS) | set(self.layout.metrics)
-        unknown = set(columns) - allowed
-        if unknown:
-            raise StoreError(
-                f"shard {shard}: index column(s) {', '.join(sorted(unknown))} not declared; "
-                f"this store's metrics are {', '.join(self.layout.metrics) or 'none'}"
-            )
-        for name, values in columns.items():
-            if len(values) != count:
-                raise StoreError(
-                    f"shard {shard}: column {name!r} has {len(values)} rows, not {count}"
-                )
-        if "id" not in columns:
-            raise StoreError(f"shard {shard}: index rows need an 'id' column")
-        ids = _texts(columns["id"], "id", count)
-        if any(not i for i in ids):
-            raise StoreError(f"shard {shard}: every row needs a non-empty id")
-        if len(set(ids)) != count:
-            raise StoreError(f"shard {shard}: ids are not unique")
-        data = {
-            "sample": pa.array(np.arange(start, start + count, dtype=np.int64)),
-            "shard": pa.array(np.full(count, shard, dtype=np.int32)),
-            "id": pa.array(ids, pa.string()),
-            "label": pa.array(labels),
-            "source": pa.array(_texts(columns.get("source"), "source", count), pa.string()),
-            "split": pa.array(_texts(columns.get("split"), "split", count), pa.string()),
-        }
-        for metric in self.layout.metrics:
-            if metric not in columns:
-                raise StoreError(f"shard {shard}: index rows need the metric column {metric!r}")
-            try:
-                data[metric] = pa.array(np.asarray(columns[metric], dtype=np.float64))
-            except (TypeError, ValueError):
-                raise StoreError(f"shard {shard}: metric {metric!r} must be numbers") from None
-        for i, name in enumerate(self.layout.attribute_names):
-            data[name] = pa.array(attributes[:, i])
-        return pa.Table.from_pydict(data, schema=self.layout.index_schema())
-
     def _open_arrays(self) -> dict:
         # Opened once per process: arrays opened before a fork hold the parent's filesystem.
         if self._arrays is None or self._arrays_pid != os.getpid():
@@ -399,25 +305,6 @@ class StoreWriter:
         tables = [t.cast(DEAD_LETTER_SCHEMA) for t in tables] or [DEAD_LETTER_SCHEMA.empty_table()]
         merged = pa.concat_tables(tables)
         return parquet_bytes(merged), merged.num_rows
-
-
-def _columns(rows: Rows, what: str) -> dict[str, list]:
-    """Rows as {column: list}; accepts a column mapping, a list of dicts or a DataFrame."""
-    if hasattr(rows, "to_dict") and hasattr(rows, "columns"):  # pandas DataFrame
-        return {str(c): list(rows[c]) for c in rows.columns}
-    if isinstance(rows, Mapping):
-        return {str(k): list(v) for k, v in rows.items()}
-    if isinstance(rows, Iterable):
-        rows = list(rows)
-        names = list(dict.fromkeys(k for row in rows for k in row))
-        return {k: [row.get(k) for row in rows] for k in names}
-    raise StoreError(f"{what} must be a column mapping, a list of dicts or a DataFrame")
-
-
-def _texts(values, name: str, count: int) -> list[str | None]:
-    if values is None:
-        return [None] * count
-    return [None if v is None else str(v) for v in values]
 
 
 def parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:

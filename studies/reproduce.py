@@ -97,14 +97,16 @@ def sigma_page(args, preset: str) -> str:
     plot = args.results.parent / "img" / "accuracy-vs-sigma.png"
     sigma_plot(results, names, plot)
     compute_min = Timings(args.out / "timings.json").total / 60
+    start = "the shipped encoder's prediction" if cfg.encoder else "the mean style"
     return f"""# Results: the colour-bias sweep on Colored Fashion-MNIST
 
 Produced by `python -m studies.reproduce --study sigma --device {args.device}` (preset
 `{preset}`) on {machine()}: {compute_min:.0f} min of summed step times ({wall_min:.0f} min in
-the last sitting). Mean ± standard deviation over seeds {list(cfg.seeds)}; classifiers
-trained on {cfg.train_images} biased-colour training images per sigma (one latent store per
-sigma, {cfg.encode_steps} inversion steps, shipped generator), {cfg.epochs} epochs; accuracy on
-the 10k test images with biased (`iid`), random and swapped colours.
+the last sitting). Mean ± standard deviation over seeds {list(cfg.seeds)}; classifiers trained on
+{cfg.train_images} biased-colour training images per sigma (one latent store per sigma,
+{cfg.encode_steps} inversion steps from {start}, shipped generator), {cfg.epochs} epochs;
+accuracy on the 10k test images with biased (`iid`), random and swapped colours. The
+data-scaling study and the equal-compute comparison are in [RESULTS.md](RESULTS.md).
 
 {markdown_table(results, names)}
 
