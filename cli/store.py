@@ -12,7 +12,9 @@ from pathlib import Path
 import click
 
 from advmix import shipped
-from cli.options import storage_options
+from advmix.attacks import AdvMixConfig
+from advmix.settings import from_flat
+from cli.options import options_from, storage_options
 
 
 @click.group()
@@ -80,8 +82,17 @@ def validate(url: str, storage_options: dict, full: bool, expect_generator: str 
 @click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--seed", type=int, default=0, help="Seed of the random fine styles.")
+@click.option(
+    "--against",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="A classifier trained on this store (RUN/classifier.pt): also judge the mixes AdvMix "
+    "finds against it (the attack options set its budget).",
+)
+@options_from(AdvMixConfig)
 @storage_options
-def report(url, generator, classifier, limit, grid, json_out, seed, storage_options) -> None:
+def report(url, generator, classifier, limit, grid, json_out, seed, against, storage_options,
+           **settings) -> None:  # fmt: skip
     """Reconstruction and mixing quality of the latents in the store at URL."""
     import torch
 
@@ -95,6 +106,13 @@ def report(url, generator, classifier, limit, grid, json_out, seed, storage_opti
     model, _ = load_classifier(classifier)
     with torch.no_grad():
         metrics, rows = encoding_report(opened, G, model, limit, seed)
+    if against is not None:
+        from training.evaluate import load_model
+        from training.store_quality import advmix_report
+
+        trained, _ = load_model(against)
+        attack = from_flat(AdvMixConfig, settings)
+        metrics |= advmix_report(opened, G, trained, model, attack, limit, seed)
     if grid is not None:
         save_grid(rows, grid)
         metrics["grid"] = str(grid)

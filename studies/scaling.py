@@ -107,6 +107,8 @@ def run_scaling(cfg: ScalingConfig, out: Path) -> list[dict]:
         for method in cfg.base.methods:
             for seed in cfg.base.seeds:
                 results.append(one_run(size_cfg, method, stores[images], seed, runs, timings))
+        for seed in cfg.base.seeds:
+            mix_report(stores[images], size_cfg, runs / f"advmix-seed{seed}")
         if images not in cfg.equal_compute:
             continue
         for seed in cfg.base.seeds:
@@ -125,6 +127,19 @@ def store_report(store: Path, generator: str, path: Path) -> dict:
     if not path.exists():
         advmix_cli(["store", "report", str(store), "--generator", generator,
                     "--limit", "512", "--json-out", str(path)])  # fmt: skip
+    return json.loads(path.read_text())
+
+
+def mix_report(store: Path, cfg: StudyConfig, run_dir: Path) -> dict:
+    """The mixes AdvMix finds against a trained run's classifier, on the store's first 512
+    samples: how often they fool it, and how often the 60k-image colour-blind classifier still
+    sees their class (``advmix store report --against``; saved as the run's mix-report.json)."""
+    path = run_dir / "mix-report.json"
+    if not path.exists():
+        advmix_cli(["store", "report", str(store), "--generator", cfg.generator,
+                    "--against", str(run_dir / "classifier.pt"),
+                    "--attack-steps", str(cfg.attack_steps), "--limit", "512",
+                    "--json-out", str(path)])  # fmt: skip
     return json.loads(path.read_text())
 
 

@@ -48,6 +48,10 @@ def test_every_size_has_its_store_and_every_arm(scaled):
         assert all(0.0 <= row[s] <= 1.0 for s in ("iid", "random", "swapped"))
     report = json.loads((out / "stores" / "sigma-0.02-n48-report.json").read_text())
     assert 0 <= report["class_kept_random_mix"] <= 1
+    for images in (32, 48):  # every AdvMix run's classifier attacked once more, when finished
+        mixes = json.loads((out / "runs" / f"n{images}" / "advmix-seed0" / "mix-report.json")
+                           .read_text())  # fmt: skip
+        assert mixes["advmix_samples"] == images and 0 <= mixes["advmix_fooled"] <= 1
 
 
 def test_randmix_gets_the_seconds_advmix_took(scaled):
@@ -99,6 +103,7 @@ def test_results_page_tables(scaled, tmp_path):
     assert "the 80% target is" in text and "RandMix at AdvMix's seconds" in text
     diagnostics = diagnostics_table(results, out, 0.02)
     assert "| 48 |" in diagnostics and "nan" not in diagnostics
+    assert "keep the class |" in diagnostics.splitlines()[2]
     size_plot(results, NAMES, {"random": 0.9, "swapped": 0.9}, tmp_path / "size.png")
     compute_plot(curves(results, cfg.eval_specs()), NAMES, 48, tmp_path / "seconds.png")
     assert (tmp_path / "size.png").stat().st_size > 1000

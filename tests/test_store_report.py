@@ -74,3 +74,37 @@ def test_report_refuses_another_generator(setup):
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("Error:") and result.stderr.count("\n") == 1
+
+
+def test_report_judges_advmix_mixes_against_a_trained_classifier(setup):
+    root, g_path, _ = setup
+    result = _report(
+        str(root / "store"), "--generator", str(g_path), "--classifier", str(root / "cls.pt"),
+        "--against", str(root / "cls.pt"), "--attack-steps", "2", "--limit", "20",
+        "--style-samples", "64", "--json-out", str(root / "against.json"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((root / "against.json").read_text())
+    assert metrics["advmix_samples"] == 20
+    assert 0.0 <= metrics["advmix_fooled"] <= 1.0
+    assert 0.0 <= metrics["class_kept_advmix_mix"] <= 1.0
+    # an untrained classifier is fooled by most mixes: the rate over those is defined
+    if metrics["advmix_fooled"] > 0:
+        assert 0.0 <= metrics["class_kept_advmix_mix_that_fools"] <= 1.0
+    else:
+        assert metrics["class_kept_advmix_mix_that_fools"] is None
+
+
+def test_report_against_an_attribute_classifier_is_refused(setup, tmp_path):
+    root, g_path, _ = setup
+    from advmix.classifiers import ClassifierConfig, build_classifier
+
+    torch.manual_seed(0)
+    model = build_classifier(ClassifierConfig(num_classes=2, targets=["Smiling", "Male"]))
+    save_classifier(model, tmp_path / "attrs.pt")
+    result = _report(
+        str(root / "store"), "--generator", str(g_path), "--classifier", str(root / "cls.pt"),
+        "--against", str(tmp_path / "attrs.pt"), "--limit", "8",
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "predicts attributes" in result.stderr and result.stderr.count("\n") == 1

@@ -4,7 +4,9 @@ For the first N samples: PSNR of the reconstruction ``dec(w)`` against the store
 the rate at which a colour-blind classifier trained on real images gives the reconstruction,
 and a mix with random fine styles ``dec(w_coarse, map(z)_fine)``, the true class; the rate at
 which the mix's colour follows the random fine source; and a PNG grid of originals over
-reconstructions over mixes.
+reconstructions over mixes. Given a trained classifier, also the worst-case mixes AdvMix finds
+against it, judged by the same colour-blind classifier: a mix that fools the trained classifier
+but no longer shows its class to the judge is label noise, not a lesson about colour.
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ import numpy as np
 import torch
 from torchvision.utils import save_image
 
+from advmix import attacks
+from advmix.attacks import AdvMixConfig
 from advmix.classifiers import predict
 from advmix.datasets import foreground_colour
 from advmix.errors import AdvmixError
+from advmix.projections import fit_style_set
 from advmix.stylegan import decode, seeded_z
+from training.targets import resolve_targets
 
 GRID_COLUMNS = 16
 
@@ -64,6 +70,38 @@ def encoding_report(store, G, classifier, limit: int = 512, seed: int = 0) -> di
         "colour_follows_random_fine_source": _rate(follows),
     }
     return metrics, (originals, recon, mixes)
+
+
+def advmix_report(store, G, model, judge, cfg: AdvMixConfig, limit: int = 512, seed: int = 0,
+                  batch: int = 128) -> dict:  # fmt: skip
+    """AdvMix's mixes against ``model`` (a classifier trained on this store's labels) for the
+    first ``limit`` samples: how often one fools it, and how often ``judge`` still gives the
+    mix its class, over all of them and over those that fool ``model``."""
+    if model.cfg.targets:
+        raise AdvmixError("--against judges mixes by class; this classifier predicts attributes "
+                          f"({', '.join(model.cfg.targets)})")  # fmt: skip
+    w, labels, _ = _first_samples(store, limit)
+    k = store.manifest.provenance.k
+    targets = resolve_targets(model.cfg.targets, store, num_classes=model.cfg.num_classes)
+    style_set = fit_style_set(G, k, cfg, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    fooled, kept = [], []
+    for i in range(0, len(w), batch):
+        ws = torch.from_numpy(w[i : i + batch].astype(np.float32))
+        y = torch.from_numpy(labels[i : i + batch])
+        result = attacks.advmix(model, G, ws, y, k, style_set, cfg, gen, targets.objective)
+        with torch.no_grad():
+            kept.append(predict(judge, result.images) == y)
+        fooled.append(result.fooled.cpu())
+    fooled_all, kept_all = torch.cat(fooled), torch.cat(kept)
+    return {
+        "advmix_samples": len(fooled_all),
+        "advmix_fooled": _rate(fooled_all),
+        "class_kept_advmix_mix": _rate(kept_all),
+        "class_kept_advmix_mix_that_fools": _rate(kept_all[fooled_all])
+        if bool(fooled_all.any())
+        else None,
+    }
 
 
 def _rate(hits: torch.Tensor) -> float:
