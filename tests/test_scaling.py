@@ -110,6 +110,13 @@ def test_results_page_tables(scaled, tmp_path):
     assert (tmp_path / "seconds.png").stat().st_size > 1000
 
 
+def test_a_lead_within_the_spread_is_not_a_win():
+    from studies.reproduce import standing
+
+    assert standing(0.007, 0.031).startswith("level")
+    assert standing(0.145, 0.025) == "ahead" and standing(-0.1, 0.02) == "behind"
+
+
 def test_gap_to_the_ceiling_is_per_seed():
     from studies.report import ceiling_gap
 
