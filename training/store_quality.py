@@ -24,7 +24,6 @@ from advmix.datasets import foreground_colour
 from advmix.errors import AdvmixError
 from advmix.projections import fit_style_set
 from advmix.stylegan import decode, seeded_z
-from training.targets import resolve_targets
 
 GRID_COLUMNS = 16
 
@@ -82,14 +81,13 @@ def advmix_report(store, G, model, judge, cfg: AdvMixConfig, limit: int = 512, s
                           f"({', '.join(model.cfg.targets)})")  # fmt: skip
     w, labels, _ = _first_samples(store, limit)
     k = store.manifest.provenance.k
-    targets = resolve_targets(model.cfg.targets, store, num_classes=model.cfg.num_classes)
     style_set = fit_style_set(G, k, cfg, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     fooled, kept = [], []
     for i in range(0, len(w), batch):
         ws = torch.from_numpy(w[i : i + batch].astype(np.float32))
         y = torch.from_numpy(labels[i : i + batch])
-        result = attacks.advmix(model, G, ws, y, k, style_set, cfg, gen, targets.objective)
+        result = attacks.advmix(model, G, ws, y, k, style_set, cfg, gen)
         with torch.no_grad():
             kept.append(predict(judge, result.images) == y)
         fooled.append(result.fooled.cpu())
