@@ -88,7 +88,7 @@ classifier (`{REFERENCE.name}`, trained on all 60k grey training images), which 
 
 def sigma_page(args, preset: str) -> str:
     cfg = dataclasses.replace(
-        PRESETS[preset], extra_train_flags=("--device", args.device, "--no-progress")
+        PRESETS[preset], device=args.device, extra_train_flags=("--no-progress",)
     )
     started = time.perf_counter()
     results = run_study(cfg, args.out)
@@ -118,32 +118,33 @@ data-scaling study and the equal-compute comparison are in [RESULTS.md](RESULTS.
 
 def scaling_page(args, preset: str) -> str:
     cfg = scaling.PRESETS[preset]
-    flags = ("--device", args.device, "--no-progress")
-    cfg = dataclasses.replace(cfg, base=dataclasses.replace(cfg.base, extra_train_flags=flags))
+    base = dataclasses.replace(cfg.base, device=args.device, extra_train_flags=("--no-progress",))
+    cfg = dataclasses.replace(cfg, base=base)
     started = time.perf_counter()
     results = scaling.run_scaling(cfg, args.out)
     wall_min = (time.perf_counter() - started) / 60
     ceiling = {s: reference_accuracy(args.out, s, cfg.sigma) for s in ("random", "swapped")}
     names = {key: method.name for key, method in ARMS.items()}
-    img = args.results.parent / "img"
-    size_plot(results, names, ceiling, img / "accuracy-vs-images.png")
+    by_size, by_seconds = (args.results.parent / "img" / f"{args.results.stem.lower()}-{plot}.png"
+                           for plot in ("accuracy-vs-images", "accuracy-vs-seconds"))  # fmt: skip
+    size_plot(results, names, ceiling, by_size)
     curves = scaling.curves(results, cfg.eval_specs())
     largest = max(n for n, _ in cfg.sizes)
     compute_plot([c for c in curves if c["method"] in ("advmix", "randmix", "randmix-long")],
-                 names, largest, img / "accuracy-vs-seconds.png")  # fmt: skip
+                 names, largest, by_seconds)  # fmt: skip
     compute_min = Timings(args.out / "timings.json").total / 60
     sizes = ", ".join(f"{n} images for {e} epochs" for n, e in cfg.sizes)
     start = "the shipped encoder's prediction" if cfg.base.encoder else "the mean style"
-    return f"""# Results: Colored Fashion-MNIST
+    return f"""# Results: Colored Fashion-MNIST, {" / ".join(str(n) for n, _ in cfg.sizes)} training images
 
-Produced by `make reproduce` (`python -m studies.reproduce --device {args.device}`, preset
-`{preset}`) on {machine()}: {compute_min:.0f} min of summed step times ({wall_min:.0f} min in
+Produced by `python -m studies.reproduce --device {args.device} --preset {preset}` (`make
+reproduce` runs the `cpu` preset) on {machine()}: {compute_min:.0f} min of summed step times ({wall_min:.0f} min in
 the last sitting). Every number below is the mean ± standard deviation over seeds
 {list(cfg.base.seeds)}, and comes from a run directory under `--out`
 (`{args.out}/runs/n<images>/<method>-seed<seed>/`: `run.json` holds the run's command and
 settings, `eval.json` its accuracies, `metrics.jsonl` its scores during training). The sweep
 over colour-bias strengths and every baseline (AT, mixup) is in
-[results-sigma.md](results-sigma.md).
+[results-sigma.md](results-sigma.md); {other_pages(args.results)}.
 
 **Setup.** Colour correlation sigma {cfg.sigma:g} (the strongest of the sweep). One latent store
 per size: the first N biased-colour training images, {cfg.base.encode_steps} inversion steps from
@@ -158,7 +159,7 @@ test images with biased (`iid`), random and swapped colours.
 
 {size_table(results, names)}
 
-![accuracy vs training images](img/accuracy-vs-images.png)
+![accuracy vs training images](img/{by_size.name})
 
 ## Gap to the 60k-image colour-blind classifier
 
@@ -171,7 +172,7 @@ test images with biased (`iid`), random and swapped colours.
 Accuracy on {cfg.eval_limit} test images per split, scored every {cfg.eval_every} steps, against
 the seconds spent in training steps (scoring not included), mean over seeds:
 
-![accuracy vs training seconds](img/accuracy-vs-seconds.png)
+![accuracy vs training seconds](img/{by_seconds.name})
 
 ## Verdict
 
@@ -293,8 +294,29 @@ def shortfall(report: dict, mixes: list[dict]) -> str:
     )
 
 
-# --study NAME: (its page under docs/, the function that runs it and writes the page)
-PAGES = {"scaling": ("RESULTS.md", scaling_page), "sigma": ("results-sigma.md", sigma_page)}
+def other_pages(page: Path) -> str:
+    """Links to the scaling study's other pages that have been written."""
+    presets: dict[str, list[str]] = {}
+    for name, other in SCALING_PAGES.items():
+        if other != page.name and (page.parent / other).exists():
+            presets.setdefault(other, []).append(f"`{name}`")
+    links = [
+        f"[{other}]({other}) (preset {' or '.join(names)})" for other, names in presets.items()
+    ]
+    return (
+        "the scaling study's other pages: " + ", ".join(links)
+        if links
+        else "no other preset of this study has a page yet"
+    )
+
+
+# Where each scaling preset's page goes by default (full and cpu share the main page).
+SCALING_PAGES = {"cpu": "RESULTS.md", "full": "RESULTS.md", "all-data": "results-60k.md"}
+# --study NAME: (its presets, their default pages under docs/, the function that writes one)
+STUDIES = {
+    "scaling": (SCALING_PAGES, scaling_page),
+    "sigma": ({"cpu": "results-sigma.md", "full": "results-sigma.md"}, sigma_page),
+}
 
 
 def main() -> None:
@@ -303,12 +325,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="default: runs/<study>")
     parser.add_argument("--results", type=Path, help="default: the study's page under docs/")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--preset", choices=("cpu", "full"), help="default: full on cuda, else cpu")
+    parser.add_argument("--preset", choices=("cpu", "full", "all-data"),
+                        help="default: full on cuda, else cpu; all-data: the scaling study's 60k "
+                        "images alone")  # fmt: skip
     args = parser.parse_args()
-    args.out = args.out or Path("runs") / args.study
-    page, write = PAGES[args.study]
-    args.results = args.results or Path("docs") / page
+    pages, write = STUDIES[args.study]
     preset = args.preset or ("full" if args.device == "cuda" else "cpu")
+    if preset not in pages:
+        parser.error(f"--study {args.study} has no preset {preset} (it has {', '.join(pages)})")
+    args.out = args.out or Path("runs") / (args.study if preset in ("cpu", "full") else preset)
+    args.results = args.results or Path("docs") / pages[preset]
     started = time.perf_counter()
     text = write(args, preset)
     args.results.write_text(text)

@@ -57,6 +57,7 @@ class StudyConfig:
     test_limit: int | None = None  # test images per split (None: all 10k)
     generator: str = str(shipped.GENERATOR)
     encoder: str | None = None  # Algorithm 1 starts from this encoder's prediction (else the mean)
+    device: str = "cpu"  # where the encode job and training run
     extra_train_flags: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -98,7 +99,7 @@ def encode(cfg: StudyConfig, sigma: float, store: Path) -> Path:
     counts = encode_job(
         ["--input", spec, "--output", str(store), "--generator", cfg.generator,
          "--steps", str(cfg.encode_steps), "--batch-size", str(cfg.encode_batch),
-         "--shard-size", str(4 * cfg.encode_batch), "--overwrite", *init]
+         "--shard-size", str(4 * cfg.encode_batch), "--device", cfg.device, "--overwrite", *init]
     )  # fmt: skip
     say(f"encoded {counts['encoded']} images in {time.perf_counter() - started:.0f}s, "
         f"mean PSNR {counts['mean_rec_psnr']} dB")  # fmt: skip
@@ -116,7 +117,7 @@ def train(cfg: StudyConfig, method: str, store: Path, seed: int, run_dir: Path) 
         ["train", "--store", str(store), "--generator", cfg.generator,
          *ARMS[method].flags, "--epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size),
          "--attack-steps", str(cfg.attack_steps), "--seed", str(seed), "--out", str(run_dir),
-         *cfg.extra_train_flags, *resume]
+         "--device", cfg.device, *cfg.extra_train_flags, *resume]
     )  # fmt: skip
     return model
 
