@@ -135,6 +135,8 @@ def scaling_page(args, preset: str) -> str:
     compute_min = Timings(args.out / "timings.json").total / 60
     sizes = ", ".join(f"{n} images for {e} epochs" for n, e in cfg.sizes)
     start = "the shipped encoder's prediction" if cfg.base.encoder else "the mean style"
+    oracle_note = ("The colour-blind oracle gets the same images and epochs as the others. "
+                   if "oracle" in cfg.base.methods else "")  # fmt: skip
     return f"""# Results: Colored Fashion-MNIST, {" / ".join(str(n) for n, _ in cfg.sizes)} training images
 
 Produced by `python -m studies.reproduce --device {args.device} --preset {preset}` (`make
@@ -149,8 +151,7 @@ over colour-bias strengths and every baseline (AT, mixup) is in
 **Setup.** Colour correlation sigma {cfg.sigma:g} (the strongest of the sweep). One latent store
 per size: the first N biased-colour training images, {cfg.base.encode_steps} inversion steps from
 {start}. Training settings scale with the data, so that larger stores get more steps but fewer
-epochs: {sizes}, batch 64, Adam 1e-3, AdvMix K = 5 (ball projection). The colour-blind oracle gets
-the same images and epochs as the others; the fixed ceiling is the shipped colour-blind
+epochs: {sizes}, batch 64, Adam 1e-3, AdvMix K = 5 (ball projection). {oracle_note}The fixed ceiling is the shipped colour-blind
 classifier trained on all 60k grey training images (`{REFERENCE.name}`:
 {ceiling["random"]:.3f} on `random`, {ceiling["swapped"]:.3f} on `swapped`). Accuracy on the 10k
 test images with biased (`iid`), random and swapped colours.
