@@ -105,13 +105,13 @@ def mean_std(values) -> tuple[float, float]:
 
 
 def size_table(results: list[dict], names: dict[str, str]) -> str:
-    lines = ["| images | method | epochs | training s | iid | random | swapped |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| images | method | seeds | epochs | training s | iid | random | swapped |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for (images, method), rows in by_size(results).items():
         cells = " | ".join("{:.3f} ± {:.3f}".format(*mean_std([r[s] for r in rows]))
                            for s in SPLITS)  # fmt: skip
         seconds = np.mean([r["train_s"] for r in rows])
-        lines.append(f"| {images} | {names.get(method, method)} | {rows[0]['epochs']} | "
+        lines.append(f"| {images} | {names.get(method, method)} | {len(rows)} | {rows[0]['epochs']} | "
                      f"{seconds:.0f} | {cells} |")  # fmt: skip
     return "\n".join(lines)
 

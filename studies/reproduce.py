@@ -52,6 +52,14 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU"
 
 
+def recorded_machine(results: list[dict]) -> str:
+    """The devices and versions the runs' records name (``--page-only`` may run elsewhere)."""
+    records = [json.loads((Path(r["run"]) / "run.json").read_text()) for r in results]
+    seen = sorted({(r["device"], r["versions"]["torch"], r["versions"]["python"]) for r in records})
+    return "the machine its runs record (" + "; ".join(
+        f"device {d}, torch {t}, Python {p}" for d, t, p in seen) + ")"  # fmt: skip
+
+
 # A colour-blind SmallCNN trained on all 60k grey training images (docs/model-card-generator.md):
 # a ceiling the study's own oracle, trained on the study's few images and epochs, cannot reach.
 REFERENCE = shipped.GRAY_CLASSIFIER
@@ -121,7 +129,11 @@ def scaling_page(args, preset: str) -> str:
     base = dataclasses.replace(cfg.base, device=args.device, extra_train_flags=("--no-progress",))
     cfg = dataclasses.replace(cfg, base=base)
     started = time.perf_counter()
-    results = scaling.run_scaling(cfg, args.out)
+    if args.page_only:
+        results, missing = scaling.finished_runs(cfg, args.out)
+        where = recorded_machine(results)
+    else:
+        results, missing, where = scaling.run_scaling(cfg, args.out), [], machine()
     wall_min = (time.perf_counter() - started) / 60
     ceiling = {s: reference_accuracy(args.out, s, cfg.sigma) for s in ("random", "swapped")}
     names = {key: method.name for key, method in ARMS.items()}
@@ -140,13 +152,14 @@ def scaling_page(args, preset: str) -> str:
     return f"""# Results: Colored Fashion-MNIST, {" / ".join(str(n) for n, _ in cfg.sizes)} training images
 
 Produced by `python -m studies.reproduce --device {args.device} --preset {preset}` (`make
-reproduce` runs the `cpu` preset) on {machine()}: {compute_min:.0f} min of summed step times ({wall_min:.0f} min in
+reproduce` runs the `cpu` preset) on {where}: {compute_min:.0f} min of summed step times ({wall_min:.0f} min in
 the last sitting). Every number below is the mean ± standard deviation over seeds
 {list(cfg.base.seeds)}, and comes from a run directory under `--out`
 (`{args.out}/runs/n<images>/<method>-seed<seed>/`: `run.json` holds the run's command and
 settings, `eval.json` its accuracies, `metrics.jsonl` its scores during training). The sweep
 over colour-bias strengths and every baseline (AT, mixup) is in
 [results-sigma.md](results-sigma.md); {other_pages(args.results)}.
+{unfinished(missing, names)}
 
 **Setup.** Colour correlation sigma {cfg.sigma:g} (the strongest of the sweep). One latent store
 per size: the first N biased-colour training images, {cfg.base.encode_steps} inversion steps from
@@ -185,6 +198,18 @@ the seconds spent in training steps (scoring not included), mean over seeds:
 """
 
 
+def unfinished(missing: list[tuple[int, str, int]], names: dict[str, str]) -> str:
+    """What a page written from a study stopped early (``--page-only``) lacks."""
+    if not missing:
+        return ""
+    runs = ", ".join(f"{names[m]} seed {s} at {n} images" for n, m, s in missing)
+    return (
+        f"\n**Not finished.** The study stopped before these runs: {runs}. This page was written "
+        "from the finished runs alone (`--page-only`); the `seeds` columns say how many runs each "
+        "row averages.\n"
+    )
+
+
 def gap_table(gap: dict, names: dict[str, str]) -> str:
     """Share of the nominal -> ceiling gap on `random` closed, per size and method."""
     methods = list(dict.fromkeys(m for per in gap.values() for m in per if m != "nominal"))
@@ -200,7 +225,10 @@ def gap_table(gap: dict, names: dict[str, str]) -> str:
 
 
 def equal_compute_table(results: list[dict], names: dict[str, str], images: int) -> str:
-    lines = ["| method | epochs | training s | random | swapped |", "|---|---|---|---|---|"]
+    lines = [
+        "| method | seeds | epochs | training s | random | swapped |",
+        "|---|---|---|---|---|---|",
+    ]
     for method in ("advmix", "randmix", "randmix-long"):
         rows = [r for r in results if r["images"] == images and r["method"] == method]
         if not rows:
@@ -208,7 +236,7 @@ def equal_compute_table(results: list[dict], names: dict[str, str], images: int)
         epochs = sorted({r["epochs"] for r in rows})
         cells = " | ".join("{:.3f} ± {:.3f}".format(*mean_std([r[s] for r in rows]))
                            for s in ("random", "swapped"))  # fmt: skip
-        lines.append(f"| {names[method]} | {'/'.join(map(str, epochs))} | "
+        lines.append(f"| {names[method]} | {len(rows)} | {'/'.join(map(str, epochs))} | "
                      f"{np.mean([r['train_s'] for r in rows]):.0f} | {cells} |")  # fmt: skip
     return (
         "RandMix given the training seconds AdvMix took (more epochs, per seed):\n\n"
@@ -259,7 +287,8 @@ def diagnostics_table(results: list[dict], out: Path, sigma: float) -> str:
             Path(r["run"]) for r in results if r["images"] == images and r["method"] == "advmix"
         ]
         fooled = [scaling.fooled_rate(run) for run in runs]
-        mixes = [json.loads((run / "mix-report.json").read_text()) for run in runs]
+        mixes = [json.loads((run / "mix-report.json").read_text()) for run in runs
+                 if (run / "mix-report.json").exists()]  # fmt: skip
         after = [m["advmix_fooled"] for m in mixes]
         kept = [m["class_kept_advmix_mix_that_fools"] for m in mixes
                 if m["class_kept_advmix_mix_that_fools"] is not None]  # fmt: skip
@@ -329,8 +358,13 @@ def main() -> None:
     parser.add_argument("--preset", choices=("cpu", "full", "all-data"),
                         help="default: full on cuda, else cpu; all-data: the scaling study's 60k "
                         "images alone")  # fmt: skip
+    parser.add_argument("--page-only", action="store_true",
+                        help="write the scaling page from the runs under --out that finished; "
+                        "start nothing")  # fmt: skip
     args = parser.parse_args()
     pages, write = STUDIES[args.study]
+    if args.page_only and args.study != "scaling":
+        parser.error("--page-only is for --study scaling")
     preset = args.preset or ("full" if args.device == "cuda" else "cpu")
     if preset not in pages:
         parser.error(f"--study {args.study} has no preset {preset} (it has {', '.join(pages)})")

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from advmix import shipped
 from cli.main import main as advmix_cli
-from studies.study import ARMS, StudyConfig, Timings, encode, evaluate, say, train
+from studies.study import ARMS, StudyConfig, Timings, accuracies, encode, evaluate, say, train
 
 # What every run of the scaling study shares (store sizes and epochs come from ScalingConfig).
 BASE = StudyConfig(
@@ -92,9 +93,10 @@ def train_seconds(run_dir: Path) -> float:
 
 
 def equal_compute_epochs(advmix_run: Path, randmix_run: Path, randmix_epochs: int) -> int:
-    """Epochs of RandMix that take as long as the AdvMix run did (at least one more)."""
+    """The fewest epochs of RandMix that take at least as long as the AdvMix run did: epochs are
+    whole, and the comparison must not short-change RandMix."""
     per_epoch = train_seconds(randmix_run) / randmix_epochs
-    return max(randmix_epochs + 1, round(train_seconds(advmix_run) / per_epoch))
+    return max(randmix_epochs + 1, math.ceil(train_seconds(advmix_run) / per_epoch))
 
 
 def run_scaling(cfg: ScalingConfig, out: Path) -> list[dict]:
@@ -168,10 +170,43 @@ def one_run(cfg: StudyConfig, method: str, store: Path, seed: int, runs: Path, t
     timings.record(f"{method} n{cfg.train_images} seed-{seed}", seconds)
     say(f"{ARMS[method].name:>26} n {cfg.train_images} seed {seed}: "
         + ", ".join(f"{s} {a:.3f}" for s, a in accuracy.items()) + f" ({seconds:.0f}s)")  # fmt: skip
+    return run_row(run_dir, cfg.train_images, method, seed)
+
+
+def run_row(run_dir: Path, images: int, method: str, seed: int) -> dict:
+    """One finished run as a results row: its settings, training seconds and accuracies."""
+    epochs = json.loads((run_dir / "run.json").read_text())["config"]["epochs"]
     return {
-        "images": cfg.train_images, "method": method, "seed": seed, "epochs": cfg.epochs,
-        "train_s": round(train_seconds(run_dir), 1), "run": str(run_dir), **accuracy,
+        "images": images, "method": method, "seed": seed, "epochs": epochs,
+        "train_s": round(train_seconds(run_dir), 1), "run": str(run_dir),
+        **accuracies(run_dir / "eval.json"),
     }  # fmt: skip
+
+
+def planned_runs(cfg: ScalingConfig) -> list[tuple[int, str, int]]:
+    """(images, method, seed) of every run the study makes, in its order."""
+    return [
+        (images, method, seed)
+        for images, _ in cfg.sizes
+        for method in (
+            *cfg.base.methods,
+            *(("randmix-long",) if images in cfg.equal_compute else ()),
+        )
+        for seed in cfg.base.seeds
+    ]
+
+
+def finished_runs(cfg: ScalingConfig, out: Path) -> tuple[list[dict], list[tuple[int, str, int]]]:
+    """The rows of the planned runs under ``out`` that have been evaluated, and the planned runs
+    that have not; starts nothing (a study stopped early, say at the end of a GPU lease)."""
+    rows, missing = [], []
+    for images, method, seed in planned_runs(cfg):
+        run_dir = out / "runs" / f"n{images}" / f"{method}-seed{seed}"
+        if (run_dir / "eval.json").exists():
+            rows.append(run_row(run_dir, images, method, seed))
+        else:
+            missing.append((images, method, seed))
+    return rows, missing
 
 
 def curves(results: list[dict], specs: dict[str, str]) -> list[dict]:

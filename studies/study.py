@@ -132,7 +132,12 @@ def evaluate(cfg: StudyConfig, model: Path, sigma: float, out_json: Path) -> dic
         ]
         flags = [arg for spec in specs for arg in ("--data", spec)]
         advmix_cli(["evaluate", "--checkpoint", str(model), *flags, "--json-out", str(out_json)])
-    rows = json.loads(out_json.read_text())["results"]
+    return accuracies(out_json)
+
+
+def accuracies(eval_json: Path) -> dict[str, float]:
+    """{split: accuracy} of an evaluation the study wrote."""
+    rows = json.loads(eval_json.read_text())["results"]
     return {split: row["accuracy"] for split, row in zip(SPLITS, rows, strict=True)}
 
 
