@@ -189,3 +189,35 @@ def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def unfinished(missing: list[tuple[int, str, int]], names: dict[str, str]) -> str:
+    """What a page written from a study stopped early (``--page-only``) lacks."""
+    if not missing:
+        return ""
+    runs = ", ".join(f"{names[m]} seed {s} at {n} images" for n, m, s in missing)
+    return (
+        f"**Not finished.** The study stopped before these runs: {runs}. This page was written "
+        "from the finished runs alone (`--page-only`); the `seeds` columns say how many runs each "
+        "row averages.\n\n"
+    )
+
+
+def short_changed(results: list[dict], images: int) -> str:
+    """The seeds whose longer RandMix run still took fewer seconds than AdvMix's run."""
+    advmix = {r["seed"]: r["train_s"] for r in results
+              if r["images"] == images and r["method"] == "advmix"}  # fmt: skip
+    short = [f"seed {r['seed']}: {r['train_s']:.0f} s against {advmix[r['seed']]:.0f} s"
+             for r in results if r["images"] == images and r["method"] == "randmix-long"
+             and r["seed"] in advmix and r["train_s"] < advmix[r["seed"]]]  # fmt: skip
+    if not short:
+        return ""
+    return ("\n\nFewer seconds than AdvMix after all (epochs ran faster than predicted): "
+            + "; ".join(short) + ".")  # fmt: skip
+
+
+def standing(lead: float, spread: float) -> str:
+    """A lead smaller than the seeds' spread is not called a win."""
+    if abs(lead) < spread:
+        return "level with it (the difference is within the seeds' spread)"
+    return "ahead" if lead > 0 else "behind"

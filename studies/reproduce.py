@@ -35,9 +35,12 @@ from studies.report import (
     markdown_table,
     mean_std,
     oracle_gap,
+    short_changed,
     sigma_plot,
     size_plot,
     size_table,
+    standing,
+    unfinished,
 )
 from studies.study import ARMS, PRESETS, Timings, run_study, say
 
@@ -52,12 +55,13 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU"
 
 
-def recorded_machine(results: list[dict]) -> str:
-    """The devices and versions the runs' records name (``--page-only`` may run elsewhere)."""
+def recorded_machine(results: list[dict]) -> tuple[str, str]:
+    """The device the runs' records name, and it with their versions in words (``--page-only``
+    may write the page on another machine than the one that trained)."""
     records = [json.loads((Path(r["run"]) / "run.json").read_text()) for r in results]
     seen = sorted({(r["device"], r["versions"]["torch"], r["versions"]["python"]) for r in records})
-    return "the machine its runs record (" + "; ".join(
-        f"device {d}, torch {t}, Python {p}" for d, t, p in seen) + ")"  # fmt: skip
+    words = "; ".join(f"device {d}, torch {t}, Python {p}" for d, t, p in seen)
+    return "/".join(dict.fromkeys(d for d, _, _ in seen)), f"the machine its runs record ({words})"
 
 
 # A colour-blind SmallCNN trained on all 60k grey training images (docs/model-card-generator.md):
@@ -131,9 +135,10 @@ def scaling_page(args, preset: str) -> str:
     started = time.perf_counter()
     if args.page_only:
         results, missing = scaling.finished_runs(cfg, args.out)
-        where = recorded_machine(results)
+        device, where = recorded_machine(results)
     else:
-        results, missing, where = scaling.run_scaling(cfg, args.out), [], machine()
+        results, missing = scaling.run_scaling(cfg, args.out), []
+        device, where = args.device, machine()
     wall_min = (time.perf_counter() - started) / 60
     ceiling = {s: reference_accuracy(args.out, s, cfg.sigma) for s in ("random", "swapped")}
     names = {key: method.name for key, method in ARMS.items()}
@@ -145,13 +150,13 @@ def scaling_page(args, preset: str) -> str:
     compute_plot([c for c in curves if c["method"] in ("advmix", "randmix", "randmix-long")],
                  names, largest, by_seconds)  # fmt: skip
     compute_min = Timings(args.out / "timings.json").total / 60
-    sizes = ", ".join(f"{n} images for {e} epochs" for n, e in cfg.sizes)
+    sizes = ", ".join(f"{n} images for {e} epoch{'s' * (e != 1)}" for n, e in cfg.sizes)
     start = "the shipped encoder's prediction" if cfg.base.encoder else "the mean style"
     oracle_note = ("The colour-blind oracle gets the same images and epochs as the others. "
                    if "oracle" in cfg.base.methods else "")  # fmt: skip
     return f"""# Results: Colored Fashion-MNIST, {" / ".join(str(n) for n, _ in cfg.sizes)} training images
 
-Produced by `python -m studies.reproduce --device {args.device} --preset {preset}` (`make
+Produced by `python -m studies.reproduce --device {device} --preset {preset}` (`make
 reproduce` runs the `cpu` preset) on {where}: {compute_min:.0f} min of summed step times ({wall_min:.0f} min in
 the last sitting). Every number below is the mean ± standard deviation over seeds
 {list(cfg.base.seeds)}, and comes from a run directory under `--out`
@@ -159,9 +164,8 @@ the last sitting). Every number below is the mean ± standard deviation over see
 settings, `eval.json` its accuracies, `metrics.jsonl` its scores during training). The sweep
 over colour-bias strengths and every baseline (AT, mixup) is in
 [results-sigma.md](results-sigma.md); {other_pages(args.results)}.
-{unfinished(missing, names)}
 
-**Setup.** Colour correlation sigma {cfg.sigma:g} (the strongest of the sweep). One latent store
+{unfinished(missing, names)}**Setup.** Colour correlation sigma {cfg.sigma:g} (the strongest of the sweep). One latent store
 per size: the first N biased-colour training images, {cfg.base.encode_steps} inversion steps from
 {start}. Training settings scale with the data, so that larger stores get more steps but fewer
 epochs: {sizes}, batch 64, Adam 1e-3, AdvMix K = 5 (ball projection). {oracle_note}The fixed ceiling is the shipped colour-blind
@@ -190,24 +194,12 @@ the seconds spent in training steps (scoring not included), mean over seeds:
 
 ## Verdict
 
-{verdict(results, scaling_gap, largest)}
+{verdict(results, scaling_gap, largest, names)}
 
 ## Diagnostics
 
 {diagnostics_table(results, args.out, cfg.sigma)}
 """
-
-
-def unfinished(missing: list[tuple[int, str, int]], names: dict[str, str]) -> str:
-    """What a page written from a study stopped early (``--page-only``) lacks."""
-    if not missing:
-        return ""
-    runs = ", ".join(f"{names[m]} seed {s} at {n} images" for n, m, s in missing)
-    return (
-        f"\n**Not finished.** The study stopped before these runs: {runs}. This page was written "
-        "from the finished runs alone (`--page-only`); the `seeds` columns say how many runs each "
-        "row averages.\n"
-    )
 
 
 def gap_table(gap: dict, names: dict[str, str]) -> str:
@@ -239,12 +231,14 @@ def equal_compute_table(results: list[dict], names: dict[str, str], images: int)
         lines.append(f"| {names[method]} | {len(rows)} | {'/'.join(map(str, epochs))} | "
                      f"{np.mean([r['train_s'] for r in rows]):.0f} | {cells} |")  # fmt: skip
     return (
-        "RandMix given the training seconds AdvMix took (more epochs, per seed):\n\n"
+        "RandMix given the training seconds AdvMix took (per seed, the fewest whole epochs whose "
+        "seconds, predicted from its run at the same epochs as AdvMix, reach AdvMix's):\n\n"
         + "\n".join(lines)
+        + short_changed(results, images)
     )
 
 
-def verdict(results: list[dict], gap: dict, largest: int) -> str:
+def verdict(results: list[dict], gap: dict, largest: int, names: dict[str, str]) -> str:
     """The study's targets, each checked against the measured means."""
 
     def mean(method: str, split: str) -> tuple[float, float]:
@@ -252,26 +246,20 @@ def verdict(results: list[dict], gap: dict, largest: int) -> str:
         return mean_std([r[split] for r in rows])
 
     closed, spread = gap[largest]["advmix"]
-    lines = [f"- At {largest} images AdvMix closes {closed:.0%} ± {spread:.0%} of the gap to the "
+    lines = [f"- At {largest} images AdvMix closes {closed:.1%} ± {spread:.1%} of the gap to the "
              f"60k-image colour-blind classifier on `random`: the 80% target is "
              f"{'met' if closed >= 0.8 else 'not met'}."]  # fmt: skip
     rival = "randmix-long" if any(r["method"] == "randmix-long" for r in results) else "randmix"
+    seeds = sum(r["images"] == largest and r["method"] == rival for r in results)
     for split in ("random", "swapped"):
         (a, sa), (b, sb) = mean("advmix", split), mean(rival, split)
-        lines.append(f"- `{split}`: AdvMix {a:.3f} ± {sa:.3f}, RandMix at AdvMix's seconds "
-                     f"{b:.3f} ± {sb:.3f}: AdvMix is {standing(a - b, max(sa, sb))} "
-                     f"({a - b:+.3f}).")  # fmt: skip
+        lines.append(f"- `{split}`: AdvMix {a:.3f} ± {sa:.3f}, {names[rival]} {b:.3f} ± {sb:.3f} "
+                     f"({seeds} seed{'s' * (seeds != 1)}): AdvMix is "
+                     f"{standing(a - b, max(sa, sb))} ({a - b:+.3f}).")  # fmt: skip
     (a, _), (b, _) = mean("advmix", "iid"), mean("nominal", "iid")
-    lines.append(f"- `iid`: AdvMix {a:.3f} against nominal {b:.3f} ({(a - b) * 100:+.1f} points; "
+    lines.append(f"- `iid`: AdvMix {a:.3f} against nominal {b:.3f} ({(a - b) * 100:+.2f} points; "
                  f"the target is within 3: {'met' if b - a <= 0.03 else 'not met'}).")  # fmt: skip
     return "\n".join(lines)
-
-
-def standing(lead: float, spread: float) -> str:
-    """A lead smaller than the seeds' spread is not called a win."""
-    if abs(lead) < spread:
-        return "level with it (the difference is within the seeds' spread)"
-    return "ahead" if lead > 0 else "behind"
 
 
 def diagnostics_table(results: list[dict], out: Path, sigma: float) -> str:

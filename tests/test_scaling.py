@@ -69,6 +69,34 @@ def test_equal_compute_epochs_follow_the_measured_seconds(tmp_path):
                    for e in range(2)]  # fmt: skip
         (tmp_path / name / "metrics.jsonl").write_text("\n".join(map(json.dumps, records)))
     assert equal_compute_epochs(tmp_path / "advmix", tmp_path / "randmix", 2) == 9
+    # 9.1 epochs' worth of seconds: RandMix gets 10, never fewer seconds than AdvMix had
+    (tmp_path / "advmix" / "metrics.jsonl").write_text(
+        json.dumps({"event": "epoch", "epoch": 1, "train_s": 91.0})
+    )
+    assert equal_compute_epochs(tmp_path / "advmix", tmp_path / "randmix", 2) == 10
+
+
+def test_a_study_stopped_early_still_gets_its_page(scaled, tmp_path):
+    """--page-only: the finished runs' rows, the planned runs that never finished named on the
+    page, nothing trained."""
+    import shutil
+
+    from studies.report import unfinished
+    from studies.reproduce import recorded_machine
+    from studies.scaling import finished_runs
+
+    cfg, out, results = scaled
+    stopped = tmp_path / "stopped"
+    shutil.copytree(out, stopped, ignore=shutil.ignore_patterns("stores"))
+    (stopped / "runs" / "n48" / "randmix-long-seed0" / "eval.json").unlink()
+    rows, missing = finished_runs(cfg, stopped)
+    assert missing == [(48, "randmix-long", 0)]
+    assert [(r["method"], r["random"]) for r in rows] == [
+        (r["method"], r["random"]) for r in results if r["method"] != "randmix-long"]  # fmt: skip
+    assert "RandMix, AdvMix's seconds seed 0 at 48 images" in unfinished(missing, NAMES)
+    assert unfinished([], NAMES) == ""
+    device, words = recorded_machine(rows)
+    assert device == "cpu" and "torch" in words
 
 
 def test_scores_against_seconds_come_from_the_runs_logs(scaled):
@@ -99,7 +127,7 @@ def test_results_page_tables(scaled, tmp_path):
     assert gap[48]["nominal"] == (0.0, 0.0)
     assert "| 32 |" in gap_table(gap, NAMES)
     assert "| RandMix, AdvMix's seconds |" in equal_compute_table(results, NAMES, 48)
-    text = verdict(results, gap, 48)
+    text = verdict(results, gap, 48, NAMES)
     assert "the 80% target is" in text and "RandMix at AdvMix's seconds" in text
     diagnostics = diagnostics_table(results, out, 0.02)
     assert "| 48 |" in diagnostics and "nan" not in diagnostics
@@ -111,7 +139,7 @@ def test_results_page_tables(scaled, tmp_path):
 
 
 def test_a_lead_within_the_spread_is_not_a_win():
-    from studies.reproduce import standing
+    from studies.report import standing
 
     assert standing(0.007, 0.031).startswith("level")
     assert standing(0.145, 0.025) == "ahead" and standing(-0.1, 0.02) == "behind"

@@ -327,3 +327,23 @@ def test_grayscale_is_a_flag_that_trains_the_oracle(nets, tmp_path):
     assert result.exit_code == 0, result.output
     model, _ = load_model(tmp_path / "oracle" / "classifier.pt")
     assert model.cfg.input_mode == "gray-max"
+
+
+def test_run_record_says_when_the_code_differs_from_its_commit(tmp_path):
+    import subprocess
+
+    from training.runfiles import git_sha
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                       check=True, capture_output=True)  # fmt: skip
+
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", "code.py")
+    git("commit", "-qm", "code")
+    sha = git_sha(tmp_path)
+    assert sha and len(sha) == 40
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_sha(tmp_path) == sha + "+modified"
+    assert git_sha(tmp_path.parent / "no-such-folder") is None

@@ -129,15 +129,22 @@ def package_versions() -> dict:
     return out
 
 
-def git_sha() -> str | None:
-    try:
-        here = Path(__file__).resolve().parent
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
-        )
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
+def git_sha(here: Path = Path(__file__).resolve().parent) -> str | None:
+    """The commit the code in ``here`` came from, with ``+modified`` when tracked files differ
+    from it (the commit alone would then claim code that did not run)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
+                                 timeout=10)  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    if not sha:
         return None
+    return sha + "+modified" if git("status", "--porcelain", "--untracked-files=no") else sha
 
 
 def redact_argv(argv: list[str]) -> list[str]:
