@@ -32,10 +32,10 @@ from studies import scaling
 from studies.report import (
     ceiling_gap,
     compute_plot,
+    equal_compute_notes,
     markdown_table,
     mean_std,
     oracle_gap,
-    short_changed,
     sigma_plot,
     size_plot,
     size_table,
@@ -234,8 +234,20 @@ def equal_compute_table(results: list[dict], names: dict[str, str], images: int)
         "RandMix given the training seconds AdvMix took (per seed, the fewest whole epochs whose "
         "seconds, predicted from its run at the same epochs as AdvMix, reach AdvMix's):\n\n"
         + "\n".join(lines)
-        + short_changed(results, images)
+        + equal_compute_notes(results, images, equal_compute_rule(results, images))
     )
+
+
+def equal_compute_rule(results: list[dict], images: int) -> dict[int, int]:
+    """{seed: epochs} the equal-compute rule gives RandMix at ``images`` from the runs' logs."""
+    runs = {(r["method"], r["seed"]): r for r in results if r["images"] == images}
+    return {
+        seed: scaling.equal_compute_epochs(Path(runs["advmix", seed]["run"]),
+                                           Path(runs["randmix", seed]["run"]),
+                                           runs["randmix", seed]["epochs"])
+        for method, seed in runs if method == "randmix-long"
+        and ("advmix", seed) in runs and ("randmix", seed) in runs
+    }  # fmt: skip
 
 
 def verdict(results: list[dict], gap: dict, largest: int, names: dict[str, str]) -> str:
@@ -256,6 +268,11 @@ def verdict(results: list[dict], gap: dict, largest: int, names: dict[str, str])
         lines.append(f"- `{split}`: AdvMix {a:.3f} ± {sa:.3f}, {names[rival]} {b:.3f} ± {sb:.3f} "
                      f"({seeds} seed{'s' * (seeds != 1)}): AdvMix is "
                      f"{standing(a - b, max(sa, sb))} ({a - b:+.3f}).")  # fmt: skip
+    if rival != "randmix":
+        leads = [f"`{split}` {standing(a - b, max(sa, sb)).split(' (')[0]} ({a - b:+.3f})"
+                 for split in ("random", "swapped")
+                 for (a, sa), (b, sb) in [(mean("advmix", split), mean("randmix", split))]]  # fmt: skip
+        lines.append("- Against RandMix at the same epochs as AdvMix: " + ", ".join(leads) + ".")
     (a, _), (b, _) = mean("advmix", "iid"), mean("nominal", "iid")
     lines.append(f"- `iid`: AdvMix {a:.3f} against nominal {b:.3f} ({(a - b) * 100:+.2f} points; "
                  f"the target is within 3: {'met' if b - a <= 0.03 else 'not met'}).")  # fmt: skip
