@@ -111,7 +111,8 @@ def size_table(results: list[dict], names: dict[str, str]) -> str:
         cells = " | ".join("{:.3f} ± {:.3f}".format(*mean_std([r[s] for r in rows]))
                            for s in SPLITS)  # fmt: skip
         seconds = np.mean([r["train_s"] for r in rows])
-        lines.append(f"| {images} | {names.get(method, method)} | {len(rows)} | {rows[0]['epochs']} | "
+        epochs = "/".join(map(str, sorted({r["epochs"] for r in rows})))
+        lines.append(f"| {images} | {names.get(method, method)} | {len(rows)} | {epochs} | "
                      f"{seconds:.0f} | {cells} |")  # fmt: skip
     return "\n".join(lines)
 
