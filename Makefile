@@ -37,7 +37,8 @@ demo: setup
 	$(PY) -m studies.demo
 
 # The data-scaling study behind docs/RESULTS.md (about two hours on 2 CPU cores; DEVICE=cuda
-# where a GPU exists). The colour-bias sweep: python -m studies.reproduce --study sigma.
+# where a GPU exists; all 60k images alone: python -m studies.reproduce --device cuda --preset
+# all-data). The colour-bias sweep: python -m studies.reproduce --study sigma.
 DEVICE ?= cpu
 reproduce: setup
 	$(PY) -m studies.reproduce --device $(DEVICE)

@@ -10,8 +10,11 @@ RandMix, AdvMix, oracle) at three strengths of the colour correlation, 1024 imag
 (``studies.study``).
 
 ``--device cuda`` picks each study's ``full`` preset, a CPU its ``cpu`` preset (about two hours
-each on 2 cores). Steps that already have outputs under ``--out`` are skipped, so a study can be
-stopped and restarted; the page states the summed step times.
+each on 2 cores); ``--preset all-data`` runs the scaling study on all 60k training images alone
+(about ten minutes of one GPU, ``docs/results-60k.md``). Steps that already have outputs under
+``--out`` are skipped, so a study can be stopped and restarted; the page states the summed step
+times. ``--page-only`` writes the scaling page from the runs that finished and names the
+missing ones (a study cut short by the end of a GPU lease, its run folders copied back).
 """
 
 from __future__ import annotations

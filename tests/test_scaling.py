@@ -128,7 +128,8 @@ def test_results_page_tables(scaled, tmp_path):
     assert "| 32 |" in gap_table(gap, NAMES)
     assert "| RandMix, AdvMix's seconds |" in equal_compute_table(results, NAMES, 48)
     text = verdict(results, gap, 48, NAMES)
-    assert "the 80% target is" in text and "RandMix at AdvMix's seconds" in text
+    assert "the 80% target is" in text and "RandMix, AdvMix's seconds 0." in text
+    assert "Against RandMix at the same epochs as AdvMix: `random`" in text
     diagnostics = diagnostics_table(results, out, 0.02)
     assert "| 48 |" in diagnostics and "nan" not in diagnostics
     assert "keep the class |" in diagnostics.splitlines()[2]
@@ -153,3 +154,15 @@ def test_gap_to_the_ceiling_is_per_seed():
     closed, spread = ceiling_gap(rows, ceiling=1.0)[10]["advmix"]
     assert closed == pytest.approx((0.4 / 0.8 + 0.4 / 0.7) / 2)
     assert spread > 0
+
+
+def test_equal_compute_runs_that_miss_the_rule_are_named():
+    from studies.report import equal_compute_notes
+
+    rows = [{"images": 8, "method": "advmix", "seed": s, "train_s": 50.0} for s in (0, 1)]
+    rows += [{"images": 8, "method": "randmix-long", "seed": 0, "epochs": 4, "train_s": 37.0},
+             {"images": 8, "method": "randmix-long", "seed": 1, "epochs": 5, "train_s": 55.0}]  # fmt: skip
+    notes = equal_compute_notes(rows, 8, rule={0: 5, 1: 5})
+    assert "seed 0 ran 4 epochs where the rule gives 5" in notes
+    assert "seed 0 trained 37 s against AdvMix's 50 s" in notes and "seed 1" not in notes
+    assert equal_compute_notes(rows[:2] + rows[3:], 8, rule={1: 5}) == ""
