@@ -141,15 +141,16 @@ def store_report(store: Path, generator: str, path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def mix_report(store: Path, cfg: StudyConfig, run_dir: Path) -> dict:
+def mix_report(store: Path, cfg: StudyConfig, run_dir: Path, attack_flags=()) -> dict:
     """The mixes AdvMix finds against a trained run's classifier, on the store's first 512
     samples: how often they fool it, and how often the 60k-image colour-blind classifier still
-    sees their class (``advmix store report --against``; saved as the run's mix-report.json)."""
+    sees their class (``advmix store report --against``; saved as the run's mix-report.json).
+    ``attack_flags``: AdvMix options the run trained with beyond ``cfg``'s."""
     path = run_dir / "mix-report.json"
     if not path.exists():
         advmix_cli(["store", "report", str(store), "--generator", cfg.generator,
                     "--against", str(run_dir / "classifier.pt"),
-                    "--attack-steps", str(cfg.attack_steps), "--limit", "512",
+                    "--attack-steps", str(cfg.attack_steps), *attack_flags, "--limit", "512",
                     "--json-out", str(path)])  # fmt: skip
     return json.loads(path.read_text())
 

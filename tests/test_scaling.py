@@ -166,3 +166,20 @@ def test_equal_compute_runs_that_miss_the_rule_are_named():
     assert "seed 0 ran 4 epochs where the rule gives 5" in notes
     assert "seed 0 trained 37 s against AdvMix's 50 s" in notes and "seed 1" not in notes
     assert equal_compute_notes(rows[:2] + rows[3:], 8, rule={1: 5}) == ""
+
+
+def test_each_lever_trains_advmix_once_more_and_measures_its_label_noise(scaled, tmp_path):
+    import shutil
+
+    from studies.levers import LEVERS, run_levers
+
+    cfg, out, results = scaled
+    shutil.copytree(out, tmp_path / "run")
+    rows = run_levers(cfg, tmp_path / "run", images=32, epochs=2)
+    assert [r["lever"] for r in rows] == [lever.name for lever in LEVERS]
+    study = next(r for r in results if r["images"] == 32 and r["method"] == "advmix")
+    assert rows[0]["random"][0] == study["random"]  # the study's own run, reused
+    assert rows[2]["store"].endswith("sigma-0.02-n32-steps40")
+    radius = tmp_path / "run" / "levers" / "radius-0.25" / "advmix-seed0"
+    assert json.loads((radius / "run.json").read_text())["config"]["ball_radius"] == 0.25
+    assert all(0 <= r["fooled"][0] <= 1 and 0 <= r["kept"][0] <= 1 for r in rows)
