@@ -27,8 +27,7 @@ from pathlib import Path
 
 from studies import scaling
 from studies.report import mean_std
-from studies.reproduce import reference_accuracy
-from studies.study import Timings, encode, say
+from studies.study import Timings, encode, reference_accuracy, say
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from studies import scaling
 
 SPLITS = ("iid", "random", "swapped")
 
@@ -227,3 +230,62 @@ def standing(lead: float, spread: float) -> str:
     if abs(lead) < spread:
         return "level with it (the difference is within the seeds' spread)"
     return "ahead" if lead > 0 else "behind"
+
+
+def diagnostics_table(results: list[dict], out: Path, sigma: float) -> str:
+    """Why mixes can fail: latents that lose the class, mixes that lose it, an attack that
+    still fools the classifier at the end of training."""
+    lines = ["| images | reconstructions keep the class | random mixes keep the class | "
+             "AdvMix examples a mix fooled (last epoch) | trained classifier fooled by a "
+             "worst-case mix | worst-case mixes that fool it and keep the class |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for images in dict.fromkeys(r["images"] for r in results):
+        report = json.loads((out / "stores" / f"sigma-{sigma:g}-n{images}-report.json").read_text())
+        runs = [
+            Path(r["run"]) for r in results if r["images"] == images and r["method"] == "advmix"
+        ]
+        fooled = [scaling.fooled_rate(run) for run in runs]
+        mixes = [json.loads((run / "mix-report.json").read_text()) for run in runs
+                 if (run / "mix-report.json").exists()]  # fmt: skip
+        after = [m["advmix_fooled"] for m in mixes]
+        kept = [m["class_kept_advmix_mix_that_fools"] for m in mixes
+                if m["class_kept_advmix_mix_that_fools"] is not None]  # fmt: skip
+        lines.append(f"| {images} | {report['class_kept_reconstruction']:.1%} | "
+                     f"{report['class_kept_random_mix']:.1%} | "
+                     "{:.1%} ± {:.1%} | ".format(*mean_std(fooled))
+                     + "{:.1%} ± {:.1%} | ".format(*mean_std(after))
+                     + ("{:.1%} ± {:.1%} |".format(*mean_std(kept)) if kept else "none fools |"))  # fmt: skip
+    return (
+        "Class kept: judged by the 60k-image colour-blind classifier on the store's first 512 "
+        "samples (`advmix store report`). The last two columns attack each finished AdvMix "
+        "classifier on those samples with the training budget (`advmix store report --against "
+        "RUN/classifier.pt`, saved as the run's `mix-report.json`): a worst-case mix that fools "
+        "the classifier but no longer shows its class to the colour-blind judge is label noise, "
+        "not a lesson about colour.\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + shortfall(
+            report,
+            mixes,
+            "are tried in the next section"
+            if (out / "levers.json").exists()
+            else "have not been tried on this study (`python -m studies.levers`)",
+        )
+    )
+
+
+def shortfall(report: dict, mixes: list[dict], tried: str) -> str:
+    """What the last row says about AdvMix's limit, in words (the largest store's numbers)."""
+    fooled = np.mean([m["advmix_fooled"] for m in mixes])
+    kept = np.mean([m["class_kept_advmix_mix_that_fools"] or 0.0 for m in mixes])
+    return (
+        f"At the largest store a finished AdvMix classifier is still fooled by {fooled:.0%} of "
+        f"the worst-case mixes of its own training images, and only {kept:.0%} of those mixes "
+        "still show their class to the colour-blind judge (which gives the class to "
+        f"{report['classifier_accuracy_on_originals']:.0%} of the originals and "
+        f"{report['class_kept_reconstruction']:.0%} of the store's reconstructions): about "
+        f"{fooled * (1 - kept):.0%} of the examples AdvMix trains on carry a label their image "
+        "no longer shows. That label noise is the first suspect for the gap to the ceiling; "
+        "two levers against it, closer reconstructions (more inversion steps, docs/encoding.md) "
+        f"and a smaller projection ball, {tried}."
+    )

@@ -29,12 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from advmix import shipped
-from cli.main import main as advmix_cli
-from studies import scaling
+from studies import levers, scaling
 from studies.report import (
     ceiling_gap,
     compute_plot,
+    diagnostics_table,
     equal_compute_notes,
     markdown_table,
     mean_std,
@@ -45,7 +44,7 @@ from studies.report import (
     standing,
     unfinished,
 )
-from studies.study import ARMS, PRESETS, Timings, run_study, say
+from studies.study import ARMS, PRESETS, REFERENCE, Timings, reference_accuracy, run_study, say
 
 
 def machine() -> str:
@@ -65,20 +64,6 @@ def recorded_machine(results: list[dict]) -> tuple[str, str]:
     seen = sorted({(r["device"], r["versions"]["torch"], r["versions"]["python"]) for r in records})
     words = "; ".join(f"device {d}, torch {t}, Python {p}" for d, t, p in seen)
     return "/".join(dict.fromkeys(d for d, _, _ in seen)), f"the machine its runs record ({words})"
-
-
-# A colour-blind SmallCNN trained on all 60k grey training images (docs/model-card-generator.md):
-# a ceiling the study's own oracle, trained on the study's few images and epochs, cannot reach.
-REFERENCE = shipped.GRAY_CLASSIFIER
-
-
-def reference_accuracy(out: Path, split: str = "random", sigma: float = 0.02) -> float:
-    path = out / f"reference-{split}.json"
-    spec = f"cfmnist:{split}" if split == "random" else f"cfmnist:{split}?sigma={sigma:g}"
-    if not path.exists():
-        advmix_cli(["evaluate", "--checkpoint", str(REFERENCE), "--data", spec,
-                    "--json-out", str(path)])  # fmt: skip
-    return json.loads(path.read_text())["results"][0]["accuracy"]
 
 
 def gap_text(gap: dict, names: dict[str, str]) -> str:
@@ -202,6 +187,23 @@ the seconds spent in training steps (scoring not included), mean over seeds:
 ## Diagnostics
 
 {diagnostics_table(results, args.out, cfg.sigma)}
+{levers_section(args.out)}"""
+
+
+def levers_section(out: Path) -> str:
+    """The levers study's table (``python -m studies.levers``), when it has run on ``out``."""
+    path = out / "levers.json"
+    if not path.exists():
+        return ""
+    return f"""
+## Levers against the label noise
+
+`python -m studies.levers --out {out}` trains AdvMix once more at {levers.IMAGES} images
+({levers.EPOCHS} epochs, the same seeds) with one lever changed, and attacks each finished
+classifier with its own training budget (mean ± standard deviation over seeds; the first row is
+this study's own AdvMix runs):
+
+{levers.table(json.loads(path.read_text()))}
 """
 
 
@@ -280,56 +282,6 @@ def verdict(results: list[dict], gap: dict, largest: int, names: dict[str, str])
     lines.append(f"- `iid`: AdvMix {a:.3f} against nominal {b:.3f} ({(a - b) * 100:+.2f} points; "
                  f"the target is within 3: {'met' if b - a <= 0.03 else 'not met'}).")  # fmt: skip
     return "\n".join(lines)
-
-
-def diagnostics_table(results: list[dict], out: Path, sigma: float) -> str:
-    """Why mixes can fail: latents that lose the class, mixes that lose it, an attack that
-    still fools the classifier at the end of training."""
-    lines = ["| images | reconstructions keep the class | random mixes keep the class | "
-             "AdvMix examples a mix fooled (last epoch) | trained classifier fooled by a "
-             "worst-case mix | worst-case mixes that fool it and keep the class |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
-    for images in dict.fromkeys(r["images"] for r in results):
-        report = json.loads((out / "stores" / f"sigma-{sigma:g}-n{images}-report.json").read_text())
-        runs = [
-            Path(r["run"]) for r in results if r["images"] == images and r["method"] == "advmix"
-        ]
-        fooled = [scaling.fooled_rate(run) for run in runs]
-        mixes = [json.loads((run / "mix-report.json").read_text()) for run in runs
-                 if (run / "mix-report.json").exists()]  # fmt: skip
-        after = [m["advmix_fooled"] for m in mixes]
-        kept = [m["class_kept_advmix_mix_that_fools"] for m in mixes
-                if m["class_kept_advmix_mix_that_fools"] is not None]  # fmt: skip
-        lines.append(f"| {images} | {report['class_kept_reconstruction']:.1%} | "
-                     f"{report['class_kept_random_mix']:.1%} | "
-                     "{:.1%} ± {:.1%} | ".format(*mean_std(fooled))
-                     + "{:.1%} ± {:.1%} | ".format(*mean_std(after))
-                     + ("{:.1%} ± {:.1%} |".format(*mean_std(kept)) if kept else "none fools |"))  # fmt: skip
-    return (
-        "Class kept: judged by the 60k-image colour-blind classifier on the store's first 512 "
-        "samples (`advmix store report`). The last two columns attack each finished AdvMix "
-        "classifier on those samples with the training budget (`advmix store report --against "
-        "RUN/classifier.pt`, saved as the run's `mix-report.json`): a worst-case mix that fools "
-        "the classifier but no longer shows its class to the colour-blind judge is label noise, "
-        "not a lesson about colour.\n\n" + "\n".join(lines) + "\n\n" + shortfall(report, mixes)
-    )
-
-
-def shortfall(report: dict, mixes: list[dict]) -> str:
-    """What the last row says about AdvMix's limit, in words (the largest store's numbers)."""
-    fooled = np.mean([m["advmix_fooled"] for m in mixes])
-    kept = np.mean([m["class_kept_advmix_mix_that_fools"] or 0.0 for m in mixes])
-    return (
-        f"At the largest store a finished AdvMix classifier is still fooled by {fooled:.0%} of "
-        f"the worst-case mixes of its own training images, and only {kept:.0%} of those mixes "
-        "still show their class to the colour-blind judge (which gives the class to "
-        f"{report['classifier_accuracy_on_originals']:.0%} of the originals and "
-        f"{report['class_kept_reconstruction']:.0%} of the store's reconstructions): about "
-        f"{fooled * (1 - kept):.0%} of the examples AdvMix trains on carry a label their image "
-        "no longer shows. That label noise is the first suspect for the gap to the ceiling; "
-        "closer reconstructions (more inversion steps, docs/encoding.md) are the measured lever, "
-        "a smaller ball radius an untested one."
-    )
 
 
 def other_pages(page: Path) -> str:

@@ -141,6 +141,20 @@ def accuracies(eval_json: Path) -> dict[str, float]:
     return {split: row["accuracy"] for split, row in zip(SPLITS, rows, strict=True)}
 
 
+# A colour-blind SmallCNN trained on all 60k grey training images (docs/model-card-generator.md):
+# a ceiling the study's own oracle, trained on the study's few images and epochs, cannot reach.
+REFERENCE = shipped.GRAY_CLASSIFIER
+
+
+def reference_accuracy(out: Path, split: str = "random", sigma: float = 0.02) -> float:
+    path = out / f"reference-{split}.json"
+    spec = f"cfmnist:{split}" if split == "random" else f"cfmnist:{split}?sigma={sigma:g}"
+    if not path.exists():
+        advmix_cli(["evaluate", "--checkpoint", str(REFERENCE), "--data", spec,
+                    "--json-out", str(path)])  # fmt: skip
+    return json.loads(path.read_text())["results"][0]["accuracy"]
+
+
 class Timings:
     """Seconds per study step, kept in ``timings.json`` across interrupted sittings."""
 

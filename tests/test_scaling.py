@@ -118,8 +118,8 @@ def test_rerun_trains_nothing(scaled, capsys):
 
 
 def test_results_page_tables(scaled, tmp_path):
-    from studies.report import ceiling_gap, compute_plot, size_plot, size_table
-    from studies.reproduce import diagnostics_table, equal_compute_table, gap_table, verdict
+    from studies.report import ceiling_gap, compute_plot, diagnostics_table, size_plot, size_table
+    from studies.reproduce import equal_compute_table, gap_table, verdict
 
     cfg, out, results = scaled
     assert "| 48 | RandMix, AdvMix's seconds |" in size_table(results, NAMES)
@@ -183,3 +183,12 @@ def test_each_lever_trains_advmix_once_more_and_measures_its_label_noise(scaled,
     radius = tmp_path / "run" / "levers" / "radius-0.25" / "advmix-seed0"
     assert json.loads((radius / "run.json").read_text())["config"]["ball_radius"] == 0.25
     assert all(0 <= r["fooled"][0] <= 1 and 0 <= r["kept"][0] <= 1 for r in rows)
+    from studies.report import diagnostics_table
+    from studies.reproduce import levers_section
+
+    section = levers_section(tmp_path / "run")
+    assert "| ball radius 0.25 (study: 0.5) |" in section and "python -m studies.levers" in section
+    assert "tried in the next section" in diagnostics_table(results, tmp_path / "run", 0.02)
+    assert levers_section(out) == "" and "have not been tried" in diagnostics_table(
+        results, out, 0.02
+    )
