@@ -203,7 +203,13 @@ def levers_section(out: Path) -> str:
 classifier with its own training budget (mean ± standard deviation over seeds; the first row is
 this study's own AdvMix runs):
 
-{levers.table(json.loads(path.read_text()))}
+{levers.table(rows := json.loads(path.read_text()))}
+
+Label noise: the share of worst-case mixes that fool the trained classifier and no longer show
+their class to the colour-blind judge (the two columns before it, per seed). Against the study's
+own AdvMix (a difference within the seeds' spread is called level):
+
+{levers.verdict(rows)}
 """
 
 

@@ -188,6 +188,8 @@ def test_each_lever_trains_advmix_once_more_and_measures_its_label_noise(scaled,
 
     section = levers_section(tmp_path / "run")
     assert "| ball radius 0.25 (study: 0.5) |" in section and "python -m studies.levers" in section
+    assert "- 40 inversion steps (study: 10): " in section and "points of the gap" in section
+    assert all(0 <= r["label_noise"][0] <= r["fooled"][0] for r in rows)
     assert "tried in the next section" in diagnostics_table(results, tmp_path / "run", 0.02)
     assert levers_section(out) == "" and "have not been tried" in diagnostics_table(
         results, out, 0.02
