@@ -120,7 +120,8 @@ def verdict(rows: list[dict]) -> str:
         if m - n > max(sn, sm) and abs(a - b) < max(sa, sb):
             quieter.append(row["lever"])
     if quieter:
-        lines.append(f"\n{' and '.join(quieter)} cut the label noise by more than the seeds' "
+        names = " and ".join(quieter)
+        lines.append(f"\n{names[0].upper()}{names[1:]} cut the label noise by more than the seeds' "
                      "spread without closing more of the gap: on this evidence the label noise "
                      "is not what holds AdvMix back at this size.")  # fmt: skip
     return "\n".join(lines)
