@@ -51,12 +51,12 @@ def run_levers(cfg: scaling.ScalingConfig, out: Path, images: int = IMAGES,
     """One row per lever: accuracies, share of the gap closed, and the mix report, each as
     (mean, std) over seeds."""
     size = cfg.at_size(images, epochs)
-    timings = Timings(out / "timings.json")
+    study_timings = Timings(out / "timings.json")  # the study's own runs, trained when missing
     ceiling = reference_accuracy(out, "random", cfg.sigma)
-    study_store = out / "stores" / f"sigma-{cfg.sigma:g}-n{images}"
+    study_store = encode(size, cfg.sigma, out / "stores" / f"sigma-{cfg.sigma:g}-n{images}")
     runs = out / "runs" / f"n{images}"
-    nominal = {seed: scaling.one_run(size, "nominal", encode(size, cfg.sigma, study_store), seed,
-                                     runs, timings) for seed in cfg.base.seeds}  # fmt: skip
+    nominal = {seed: scaling.one_run(size, "nominal", study_store, seed, runs, study_timings)
+               for seed in cfg.base.seeds}  # fmt: skip
     rows = []
     for lever in LEVERS:
         lever_cfg = dataclasses.replace(
@@ -67,7 +67,10 @@ def run_levers(cfg: scaling.ScalingConfig, out: Path, images: int = IMAGES,
         if lever.encode_steps != size.encode_steps:
             store = encode(lever_cfg, cfg.sigma, study_store.with_name(
                 f"{study_store.name}-steps{lever.encode_steps}"))  # fmt: skip
-        lever_runs = out / "levers" / lever.slug if lever.slug else runs
+        lever_runs, timings = runs, study_timings
+        if lever.slug:  # its seconds kept apart: the study's page sums its own
+            lever_runs = out / "levers" / lever.slug
+            timings = Timings(lever_runs / "timings.json")
         runs_of_lever = [
             scaling.one_run(lever_cfg, "advmix", store, seed, lever_runs, timings)
             for seed in cfg.base.seeds

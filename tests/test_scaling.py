@@ -175,7 +175,14 @@ def test_each_lever_trains_advmix_once_more_and_measures_its_label_noise(scaled,
 
     cfg, out, results = scaled
     shutil.copytree(out, tmp_path / "run")
+    before = json.loads((tmp_path / "run" / "timings.json").read_text())
     rows = run_levers(cfg, tmp_path / "run", images=32, epochs=2)
+    after = json.loads((tmp_path / "run" / "timings.json").read_text())
+    # the levers' seconds are their own: the study's AdvMix runs were only re-read
+    assert after["advmix n32 seed-0"] - before["advmix n32 seed-0"] < 5
+    lever_seconds = json.loads((tmp_path / "run" / "levers" / "steps-40" / "timings.json")
+                               .read_text())  # fmt: skip
+    assert lever_seconds["advmix n32 seed-0"] > 0
     assert [r["lever"] for r in rows] == [lever.name for lever in LEVERS]
     study = next(r for r in results if r["images"] == 32 and r["method"] == "advmix")
     assert rows[0]["random"][0] == study["random"]  # the study's own run, reused
