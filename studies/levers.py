@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from studies import scaling
-from studies.report import mean_std, standing
+from studies.report import label_noise, mean_std, standing
 from studies.study import Timings, encode, reference_accuracy, say
 
 
@@ -90,13 +90,6 @@ def run_levers(cfg: scaling.ScalingConfig, out: Path, images: int = IMAGES,
         })  # fmt: skip
     (out / "levers.json").write_text(json.dumps(rows, indent=2) + "\n")
     return rows
-
-
-def label_noise(mix_report: dict) -> float:
-    """Share of worst-case mixes that fool the trained classifier and no longer show their
-    class to the colour-blind judge: examples whose label their image does not carry."""
-    kept = mix_report["class_kept_advmix_mix_that_fools"] or 0.0
-    return mix_report["advmix_fooled"] * (1.0 - kept)
 
 
 def table(rows: list[dict]) -> str:

@@ -228,8 +228,15 @@ def equal_compute_notes(results: list[dict], images: int, rule: dict[int, int]) 
 def standing(lead: float, spread: float) -> str:
     """A lead smaller than the seeds' spread is not called a win."""
     if abs(lead) < spread:
-        return "level with it (the difference is within the seeds' spread)"
+        return "level with it"
     return "ahead" if lead > 0 else "behind"
+
+
+def label_noise(mix_report: dict) -> float:
+    """Share of worst-case mixes that fool the trained classifier and no longer show their
+    class to the colour-blind judge: examples whose label their image does not carry."""
+    kept = mix_report["class_kept_advmix_mix_that_fools"] or 0.0
+    return mix_report["advmix_fooled"] * (1.0 - kept)
 
 
 def diagnostics_table(results: list[dict], out: Path, sigma: float) -> str:
@@ -278,13 +285,14 @@ def shortfall(report: dict, mixes: list[dict], tried: str) -> str:
     """What the last row says about AdvMix's limit, in words (the largest store's numbers)."""
     fooled = np.mean([m["advmix_fooled"] for m in mixes])
     kept = np.mean([m["class_kept_advmix_mix_that_fools"] or 0.0 for m in mixes])
+    noise = np.mean([label_noise(m) for m in mixes])
     return (
         f"At the largest store a finished AdvMix classifier is still fooled by {fooled:.0%} of "
         f"the worst-case mixes of its own training images, and only {kept:.0%} of those mixes "
         "still show their class to the colour-blind judge (which gives the class to "
         f"{report['classifier_accuracy_on_originals']:.0%} of the originals and "
         f"{report['class_kept_reconstruction']:.0%} of the store's reconstructions): about "
-        f"{fooled * (1 - kept):.0%} of the examples AdvMix trains on carry a label their image "
+        f"{noise:.0%} of the examples AdvMix trains on carry a label their image "
         "no longer shows. That label noise is the first suspect for the gap to the ceiling; "
         "two levers against it, closer reconstructions (more inversion steps, docs/encoding.md) "
         f"and a smaller projection ball, {tried}."

@@ -182,6 +182,8 @@ the seconds spent in training steps (scoring not included), mean over seeds:
 
 ## Verdict
 
+A lead within the seeds' spread (the larger standard deviation of the two) is called level.
+
 {verdict(results, scaling_gap, largest, names)}
 
 ## Diagnostics
@@ -280,7 +282,7 @@ def verdict(results: list[dict], gap: dict, largest: int, names: dict[str, str])
                      f"({seeds} seed{'s' * (seeds != 1)}): AdvMix is "
                      f"{standing(a - b, max(sa, sb))} ({a - b:+.3f}).")  # fmt: skip
     if rival != "randmix":
-        leads = [f"`{split}` {standing(a - b, max(sa, sb)).split(' (')[0]} ({a - b:+.3f})"
+        leads = [f"`{split}` {standing(a - b, max(sa, sb))} ({a - b:+.3f})"
                  for split in ("random", "swapped")
                  for (a, sa), (b, sb) in [(mean("advmix", split), mean("randmix", split))]]  # fmt: skip
         lines.append("- Against RandMix at the same epochs as AdvMix: " + ", ".join(leads) + ".")
