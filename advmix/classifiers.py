@@ -185,17 +185,25 @@ def save_classifier(model: nn.Module, path, extra: dict | None = None) -> None:
     atomic_save(payload, path)
 
 
+def restore_classifier(config_json: str, state_dict: dict, path) -> nn.Module:
+    """The classifier a checkpoint describes: built from its config, with its weights."""
+    try:
+        model = build_classifier(ClassifierConfig(**json.loads(config_json)))
+        model.load_state_dict(state_dict)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: malformed classifier checkpoint ({msg})") from None
+    return model
+
+
 def load_classifier(path, map_location="cpu") -> tuple[nn.Module, dict]:
     """(model in eval mode, extra dict) from a ``save_classifier`` file."""
     data = safe_load(path, map_location=map_location, what="classifier checkpoint")
     if not isinstance(data, dict) or data.get("format") != CLASSIFIER_FORMAT:
         raise CheckpointError(f"{path}: not an advmix classifier checkpoint")
     try:
-        cfg = ClassifierConfig(**json.loads(data["config"]))
-        model = build_classifier(cfg)
-        model.load_state_dict(data["state_dict"])
+        config, weights = data["config"], data["state_dict"]
         extra = json.loads(data.get("extra", "{}"))
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: malformed classifier checkpoint ({msg})") from None
-    return model.to(map_location).eval(), extra
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: malformed classifier checkpoint ({exc!r})") from None
+    return restore_classifier(config, weights, path).to(map_location).eval(), extra

@@ -18,7 +18,7 @@ import torch
 from advmix import attacks
 from advmix.attacks import AdvMixConfig
 from advmix.checkpoints import CheckpointError, generator_fingerprint, load_generator, safe_load
-from advmix.classifiers import CLASSIFIER_FORMAT, ClassifierConfig, build_classifier
+from advmix.classifiers import CLASSIFIER_FORMAT, load_classifier, restore_classifier
 from advmix.errors import AdvmixError
 from advmix.projections import fit_style_set
 from advmix.stylegan import resolve_k, to_unit
@@ -30,24 +30,16 @@ from training.train import images_to_unit
 def load_model(path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
     """(classifier in eval mode, info) from a training checkpoint or a ``classifier.pt``."""
     data = safe_load(path, what="classifier checkpoint")
-    formats = (runfiles.CHECKPOINT_FORMAT, CLASSIFIER_FORMAT)
-    if not isinstance(data, dict) or data.get("format") not in formats:
+    if isinstance(data, dict) and data.get("format") == CLASSIFIER_FORMAT:
+        return load_classifier(path, device)
+    if not isinstance(data, dict) or data.get("format") != runfiles.CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: neither a training checkpoint nor a classifier file")
     try:
-        if data["format"] == runfiles.CHECKPOINT_FORMAT:
-            cfg = ClassifierConfig(**json.loads(data["classifier_config"]))
-            weights = runfiles.model_weights(data)
-            info = {"config": json.loads(data["config"]), "step": data["step"]}
-        else:
-            cfg = ClassifierConfig(**json.loads(data["config"]))
-            weights = data["state_dict"]
-            info = json.loads(data.get("extra", "{}"))
-        model = build_classifier(cfg)
-        model.load_state_dict(weights)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise CheckpointError(f"{path}: malformed classifier checkpoint ({msg})") from None
-    return model.to(device).eval(), info
+        config, weights = data["classifier_config"], runfiles.model_weights(data)
+        info = {"config": json.loads(data["config"]), "step": data["step"]}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: malformed classifier checkpoint ({exc!r})") from None
+    return restore_classifier(config, weights, path).to(device).eval(), info
 
 
 @torch.no_grad()
