@@ -28,7 +28,9 @@ def main() -> None:
     parser.add_argument("--mean-steps", type=int, default=100)
     parser.add_argument("--out", type=Path, default=Path("runs/init-study"))
     args = parser.parse_args()
-    arms = {f"mean-{args.mean_steps}": dataclasses.replace(DEMO, encode_steps=args.mean_steps)}
+    # the demo's settings, but the paper's start: the demo itself starts from the encoder
+    mean = dataclasses.replace(DEMO, encode_steps=args.mean_steps, encoder=None)
+    arms = {f"mean-{args.mean_steps}": mean}
     for steps in (int(s) for s in args.encoder_steps.split(",")):
         arms[f"encoder-{steps}"] = dataclasses.replace(DEMO, encode_steps=steps,
                                                        encoder=args.encoder)  # fmt: skip
