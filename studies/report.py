@@ -73,7 +73,7 @@ def sigma_plot(results: list[dict], names: dict[str, str], path: Path, split: st
 
 
 def oracle_gap(results: list[dict], split: str = "random", reference: float | None = None) -> dict:
-    """The study's target, at the strongest correlation (smallest sigma): the share of the
+    """The study's headline figure, at the strongest correlation (smallest sigma): the share of the
     nominal -> oracle gap on ``split`` that each method closes, from mean accuracies; with
     ``reference`` (another ceiling's accuracy) also the share of the nominal -> reference gap."""
     stats = aggregate(results)

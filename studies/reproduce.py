@@ -264,7 +264,7 @@ def equal_compute_rule(results: list[dict], images: int) -> dict[int, int]:
 
 
 def verdict(results: list[dict], gap: dict, largest: int, names: dict[str, str]) -> str:
-    """The study's targets, each checked against the measured means."""
+    """What the study asks of AdvMix at the largest store, answered by the measured means."""
 
     def mean(method: str, split: str) -> tuple[float, float]:
         rows = [r for r in results if r["images"] == largest and r["method"] == method]
@@ -272,8 +272,7 @@ def verdict(results: list[dict], gap: dict, largest: int, names: dict[str, str])
 
     closed, spread = gap[largest]["advmix"]
     lines = [f"- At {largest} images AdvMix closes {closed:.1%} ± {spread:.1%} of the gap to the "
-             f"60k-image colour-blind classifier on `random`: the 80% target is "
-             f"{'met' if closed >= 0.8 else 'not met'}."]  # fmt: skip
+             f"60k-image colour-blind classifier on `random`."]  # fmt: skip
     rival = "randmix-long" if any(r["method"] == "randmix-long" for r in results) else "randmix"
     seeds = sum(r["images"] == largest and r["method"] == rival for r in results)
     for split in ("random", "swapped"):
@@ -287,8 +286,7 @@ def verdict(results: list[dict], gap: dict, largest: int, names: dict[str, str])
                  for (a, sa), (b, sb) in [(mean("advmix", split), mean("randmix", split))]]  # fmt: skip
         lines.append("- Against RandMix at the same epochs as AdvMix: " + ", ".join(leads) + ".")
     (a, _), (b, _) = mean("advmix", "iid"), mean("nominal", "iid")
-    lines.append(f"- `iid`: AdvMix {a:.3f} against nominal {b:.3f} ({(a - b) * 100:+.2f} points; "
-                 f"the target is within 3: {'met' if b - a <= 0.03 else 'not met'}).")  # fmt: skip
+    lines.append(f"- `iid`: AdvMix {a:.3f} against nominal {b:.3f} ({(a - b) * 100:+.2f} points).")
     return "\n".join(lines)
 
 
