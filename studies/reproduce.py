@@ -123,6 +123,11 @@ def scaling_page(args, preset: str) -> str:
     started = time.perf_counter()
     if args.page_only:
         results, missing = scaling.finished_runs(cfg, args.out)
+        largest = max(n for n, _ in cfg.sizes)
+        needed = {(largest, m) for m in ("nominal", "advmix")}
+        if not needed <= {(r["images"], r["method"]) for r in results}:
+            raise SystemExit(f"Error: {args.out}/runs has no evaluated nominal and AdvMix runs at "
+                             f"{largest} images: no page to write from it")  # fmt: skip
         device, where = recorded_machine(results)
     else:
         results, missing = scaling.run_scaling(cfg, args.out), []

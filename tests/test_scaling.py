@@ -99,6 +99,23 @@ def test_a_study_stopped_early_still_gets_its_page(scaled, tmp_path):
     assert device == "cpu" and "torch" in words
 
 
+def test_a_page_without_the_runs_it_needs_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "studies.reproduce", "--preset", "all-data", "--page-only",
+         "--out", str(tmp_path), "--results", str(tmp_path / "page.md")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"Error: {tmp_path}/runs has no evaluated nominal and AdvMix runs at 60000 images: no "
+        "page to write from it"
+    ]
+    assert not (tmp_path / "page.md").exists()
+
+
 def test_scores_against_seconds_come_from_the_runs_logs(scaled):
     cfg, out, results = scaled
     runs = curves(results, cfg.eval_specs())
