@@ -2,14 +2,22 @@
 
 Follows NVlabs stylegan2-ada ``training/networks.py`` (one class per layer kind, equalised
 learning rate, modulated convolution with demodulation, per-layer noise, constant input, skip
-toRGB outputs), simplified for small images:
+toRGB outputs); the project's own generators simplify it for small images, and an imported
+generator (``advmix.importers``) selects NVlabs' exact layers:
 
 - modulated convolution is the *non-grouped* formulation (scale the input channels by the
   style, one convolution shared by the batch, scale the output channels by the demodulation
   coefficients); ``GeneratorConfig.grouped=True`` selects the grouped form for comparison
   (``benchmarks/bench_generator.py``). Both compute the same function.
-- upsampling is bilinear (equivalent to the [1, 3, 3, 1] FIR filter away from the borders).
-- no conv clamping, no fp16: this runs on CPUs as well as GPUs.
+- upsampling is bilinear by default (equivalent to the [1, 3, 3, 1] FIR filter away from the
+  borders). ``resample="fir"`` is NVlabs' resampling, exact at the borders too: each block's
+  first conv is a stride-2 transposed convolution followed by the FIR filter, and the skip
+  image is FIR-upsampled.
+- ``conv_clamp`` (None by default) clamps the output of every synthesis and toRGB layer to
+  [-conv_clamp, conv_clamp], as NVlabs does when a config sets it (its configs do, to keep
+  fp16 activations in range); only imported generators set it.
+- there are no fp16 layers: the layers an NVlabs generator runs in fp16 run in fp32 here
+  (its ``force_fp32=True``), so an imported generator computes the same on CPUs and GPUs.
 
 Styles are indexed like NVlabs: a 32x32 generator has ``num_ws = 8`` (4x4 conv, then per block
 conv0, conv1 and toRGB, where a block's toRGB shares its index with the next block's conv0).
