@@ -13,6 +13,7 @@ On the CPU ``run()`` measures 256 px; ``python -m benchmarks.on_gpu`` measures 2
 
 from __future__ import annotations
 
+import json
 import time
 
 import torch
@@ -73,3 +74,7 @@ def measure(resolution: int = 256, device: str = "cpu", batch: int = 2, repeats:
 
 def run() -> dict:
     return {"256px": measure(256, "cpu")}
+
+
+if __name__ == "__main__":  # the docs' `python -m benchmarks.bench_official`
+    print(json.dumps(run(), indent=2))
