@@ -16,6 +16,8 @@ import hashlib
 import json
 import os
 import pickle
+import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -45,26 +47,56 @@ def atomic_save(obj, path) -> None:
             tmp.unlink()
 
 
+def weights_only_load(source, map_location="cpu"):
+    """``torch.load(weights_only=True)`` of a path or file object, without torch's warning about
+    a file's pickle protocol: a file it cannot read is refused with one line by the caller."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(source, map_location=map_location, weights_only=True)
+
+
+# What torch's weights-only unpickler met, without the advice around it.
+_UNPICKLER_DETAIL = re.compile(
+    r"WeightsUnpickler error:\s*(.+?)(?:\.\s+Please use|\n\s*\n|$)", re.S
+)
+# Sentences of torch's messages that tell the user to load unsafely or to allow-list classes.
+_ADVICE = (
+    "weights_only",
+    "weights only",
+    "trust",
+    "file an issue",
+    "documentation",
+    "safe_globals",
+)
+
+
+def load_failure_reason(exc: BaseException) -> str:
+    """Why a load failed, as a short phrase for a one-line error. torch's own messages advise
+    re-running with ``weights_only=False`` (which can run a file's code): that is never echoed."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch bolds part of its advice
+    found = _UNPICKLER_DETAIL.search(text)
+    if found:
+        return " ".join(found.group(1).split()).rstrip(".")[:200]
+    sentences = (" ".join(s.split()) for s in re.split(r"(?<=\.)\s+|\n", text))
+    detail = next((s for s in sentences if s and not any(a in s.lower() for a in _ADVICE)), "")
+    detail = detail.rstrip(".")[:160]
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+
+
 def safe_load(path, map_location="cpu", what: str = "checkpoint"):
     """``torch.load(weights_only=True)`` with one-line errors for missing or unsafe files."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: {what} not found")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        code = [line for line in lines if "Unsupported global" in line or "GLOBAL" in line]
-        if not code:
-            first = (lines[0] if lines else "unpickling failed")[:200]
-            raise CheckpointError(f"{path}: not a readable {what} ({first})") from None
-        raise CheckpointError(
-            f"{path}: refused to load {what}: it contains code or objects other than tensors and "
-            f"plain containers (weights_only=True): {code[0][:200]}"
-        ) from None
-    except Exception as exc:  # text, a truncated or foreign file: whatever the parser tripped on
-        msg = str(exc).strip().split(". ")[0].splitlines()[0] if str(exc).strip() else ""
-        reason = f"{type(exc).__name__}: {msg}"[:120] if msg else type(exc).__name__
+        return weights_only_load(path, map_location=map_location)
+    except Exception as exc:  # unsafe, text, truncated or foreign: whatever the parser tripped on
+        reason = load_failure_reason(exc)
+        if isinstance(exc, pickle.UnpicklingError) and "GLOBAL" in reason:
+            raise CheckpointError(
+                f"{path}: refused to load {what}: it contains code or objects other than tensors "
+                f"and plain containers ({reason})"
+            ) from None
         raise CheckpointError(f"{path}: not a readable {what} ({reason})") from None
 
 

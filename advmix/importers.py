@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from advmix.checkpoints import CheckpointError
+from advmix.checkpoints import CheckpointError, load_failure_reason, weights_only_load
 from advmix.layers import fir_kernel
 from advmix.stylegan import Generator, GeneratorConfig
 
@@ -109,7 +109,7 @@ class _EasyDict(dict):
 
 def _storage_from_bytes(data: bytes):
     # The upstream helper is torch.load(weights_only=False) on these bytes: never use it.
-    return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    return weights_only_load(io.BytesIO(data))
 
 
 def _plain_dtype(*args):
@@ -155,16 +155,16 @@ class _SnapshotUnpickler(pickle.Unpickler):
 
 def read_snapshot(raw: bytes, path) -> dict:
     """The top-level dict of an NVlabs pickle, networks as ``PersistentObject`` data."""
+    if raw[:2] == b"PK":  # its bytes may happen to unpickle a little way: say what it is instead
+        raise CheckpointError(f"{path}: not an NVlabs StyleGAN2 pickle (a zip archive, as "
+                              f"torch.save writes); {UNSUPPORTED}")  # fmt: skip
     try:
         data = _SnapshotUnpickler(io.BytesIO(raw)).load()
-    except pickle.UnpicklingError as exc:
-        message = str(exc).splitlines()[0][:200]
-        if not message.startswith("refused"):  # not our allow-list: not a pickle we know
-            message = f"not an NVlabs StyleGAN2 pickle ({message})"
+    except Exception as exc:  # refused by our allow-list, truncated, or not a pickle at all
+        message = str(exc).splitlines()[0][:200] if str(exc) else ""
+        if not (isinstance(exc, pickle.UnpicklingError) and message.startswith("refused")):
+            message = f"not an NVlabs StyleGAN2 pickle ({load_failure_reason(exc)}); {UNSUPPORTED}"
         raise CheckpointError(f"{path}: {message}") from None
-    except Exception as exc:  # truncated or not a pickle at all
-        raise CheckpointError(f"{path}: not an NVlabs StyleGAN2 pickle ({type(exc).__name__}: "
-                              f"{str(exc)[:120]})") from None  # fmt: skip
     if not isinstance(data, dict) or not isinstance(data.get("G_ema"), PersistentObject):
         raise CheckpointError(f"{path}: no G_ema network in the pickle; {UNSUPPORTED}")
     return data
@@ -296,13 +296,12 @@ def _load(cfg: GeneratorConfig, state: dict[str, Tensor], path) -> Generator:
 def _from_rosinality(raw: bytes, path) -> tuple[Generator, dict]:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            data = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()
-        reason = next((line for line in first if "Unsupported global" in line), first[0] if first
-                      else type(exc).__name__)  # fmt: skip
-        raise CheckpointError(f"{path}: not a readable rosinality checkpoint "
-                              f"({reason.strip()[:200]})") from None  # fmt: skip
+            data = weights_only_load(io.BytesIO(raw))
+    except Exception as exc:  # an NVlabs pickle, a foreign class, a truncated or text file
+        raise CheckpointError(
+            f"{path}: not a rosinality checkpoint (a torch file of tensors and plain containers: "
+            f"{load_failure_reason(exc)}); {UNSUPPORTED}"
+        ) from None
     if not isinstance(data, dict) or not isinstance(data.get("g_ema"), dict):
         raise CheckpointError(f"{path}: no g_ema state dict; {UNSUPPORTED}")
     weights = data["g_ema"]

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from advmix import shipped
+from advmix.checkpoints import load_failure_reason, weights_only_load
 from advmix.errors import AdvmixError
 
 SHIPPED = {"cfmnist": shipped.FEATURES}
@@ -86,9 +87,9 @@ def _read_state(location: str) -> dict:
     except (OSError, ValueError, ImportError) as exc:
         raise FeatureWeightsError(f"cannot read perceptual weights {location}: {exc}") from None
     try:
-        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        return weights_only_load(io.BytesIO(raw))
     except Exception as exc:  # unpickling errors come in many types; the message says enough
-        reason = str(exc).splitlines()[0][:200]
+        reason = load_failure_reason(exc)
         raise FeatureWeightsError(
             f"{location}: not a plain tensor state dict (refused: {reason})"
         ) from None

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -159,6 +161,30 @@ def test_stylegan3_and_unknown_files_get_one_line(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="no g_ema state dict; supported: StyleGAN2"):
         import_generator(tmp_path / "other.pt")
+
+
+@pytest.mark.parametrize("name", ["nvlabs-32", "nvlabs-64-fp16-clamp", "rosinality-32",
+                                  "rosinality-64"])  # fmt: skip
+def test_the_wrong_format_is_one_line_without_warnings_or_unsafe_advice(tmp_path, name):
+    ref = fixture(name)
+    if name.startswith("nvlabs"):
+        src, wrong, says = tmp_path / "network-snapshot.pkl", "rosinality", "not a rosinality"
+        src.write_bytes(snapshot_pickle(ref["state_dict"], json.loads(ref["init_kwargs"]),
+                                        trap(tmp_path / "ran")))  # fmt: skip
+    else:
+        src, wrong, says = tmp_path / "g.pt", "nvlabs", "not an NVlabs StyleGAN2 pickle"
+        torch.save({"g_ema": ref["g_ema"], "latent_avg": ref["latent_avg"]}, src)
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", "gan", "import", str(src), "--format", wrong,
+         "--out", str(tmp_path / "G.pt")],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1],
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and output.count("\n") == 1, output
+    assert output.startswith(f"Error: {src}: {says}") and "supported: StyleGAN2" in output
+    for unwanted in ("weights_only", "Traceback", "Warning"):
+        assert unwanted not in output
+    assert not (tmp_path / "G.pt").exists() and not (tmp_path / "ran").exists()
 
 
 def test_the_projects_own_checkpoints_keep_their_fingerprints():
