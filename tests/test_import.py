@@ -18,8 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from snapshot_writer import globals_of, snapshot_pickle
 
 from advmix.checkpoints import CheckpointError, generator_fingerprint, load_generator
@@ -187,6 +189,31 @@ def test_the_wrong_format_is_one_line_without_warnings_or_unsafe_advice(tmp_path
     assert not (tmp_path / "G.pt").exists() and not (tmp_path / "ran").exists()
 
 
+def test_evaluate_grids_of_an_imported_64px_generator(tmp_path, capsys):
+    """Choosing k by eye: a sample grid and a mixing grid for every k, in 64 px cells."""
+    ref = fixture("nvlabs-64-fp16-clamp")
+    src = tmp_path / "network-snapshot.pkl"
+    src.write_bytes(snapshot_pickle(ref["state_dict"], json.loads(ref["init_kwargs"]),
+                                    trap(tmp_path / "ran")))  # fmt: skip
+    main(["gan", "import", str(src), "--out", str(tmp_path / "G.pt")])
+    capsys.readouterr()
+    main(["gan", "evaluate", "--generator", str(tmp_path / "G.pt"), "--grids",
+          str(tmp_path / "grids")])  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    names = ["samples.png"] + [f"mixing-k{k}.png" for k in range(1, 10)]  # num_ws 10
+    assert result["grids"] == [str(tmp_path / "grids" / name) for name in names]
+    assert "not measured" in result["metrics"]
+    # one-pixel borders around 64 px cells: 8 x 8 samples, 7 x 7 mixing cells (with sources)
+    sizes = {name: 8 * 65 + 1 if name == "samples.png" else 7 * 65 + 1 for name in names}
+    pixels = {}
+    for name in names:
+        image = Image.open(tmp_path / "grids" / name)
+        assert image.size == (sizes[name], sizes[name]) and image.mode == "RGB"
+        pixels[name] = np.asarray(image, dtype=np.float32)
+        assert pixels[name].std() > 10  # images, not a blank canvas
+    assert np.abs(pixels["mixing-k1.png"] - pixels["mixing-k9.png"]).mean() > 1  # k matters
+
+
 def test_the_projects_own_checkpoints_keep_their_fingerprints():
     G = load_generator(Path(__file__).parents[1] / "advmix" / "assets" / "cfmnist-G.pt")
     # the fingerprint the shipped generator has always had (stores record it)
@@ -199,8 +226,6 @@ def test_the_projects_own_checkpoints_keep_their_fingerprints():
 def test_an_imported_64px_generator_through_both_stages(tmp_path, capsys):
     """The Beam job encodes 64 px images with an imported generator, AdvMix trains an epoch
     from that store, and evaluation attacks it with the user's k."""
-    import numpy as np
-    from PIL import Image
     from tiny_nets import tiny_features
 
     from advmix.datasets import load
