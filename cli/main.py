@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except click.UsageError as exc:  # one line: the whole usage text buries what was wrong
+        where = exc.ctx.command_path if exc.ctx is not None else "advmix"
+        sys.stderr.write(redact(f"Error: {exc.format_message()} (see {where} --help)\n"))
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         shown = io.StringIO()
         exc.show(file=shown)

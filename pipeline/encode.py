@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 
 import apache_beam as beam
@@ -76,16 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--features", default="cfmnist", help="perceptual weights: cfmnist, imagenet, path"
     )
-    p.add_argument("--steps", type=_positive, default=100, help="inversion steps N")
+    p.add_argument("--steps", type=positive_int, default=100, help="inversion steps N")
     p.add_argument(
         "--lr",
-        type=float,
+        type=positive_float,
         default=None,
         help="Adam learning rate on W+ [default: 0.2 from the mean style, 0.02 from "
         "an encoder's prediction: a warm start takes small steps]",
     )
-    p.add_argument("--beta-mix", type=float, default=0.2, help="mixing-loss weight per VGG layer")
-    p.add_argument("--w-avg-samples", type=_positive, default=1000, help="M latents for the init")
+    p.add_argument(
+        "--beta-mix", type=non_negative_float, default=0.2, help="mixing-loss weight per VGG layer"
+    )
+    p.add_argument(
+        "--w-avg-samples", type=positive_int, default=1000, help="M latents for the init"
+    )
     p.add_argument(
         "--init",
         choices=("mean", "encoder"),
@@ -93,10 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from the mean style (the paper) or an encoder's prediction",
     )
     p.add_argument("--encoder", default=None, help="amortised encoder (advmix encoder train)")
-    p.add_argument("--k", type=_positive, default=None, help="coarse/fine split (default: G's)")
+    p.add_argument("--k", type=positive_int, default=None, help="coarse/fine split (default: G's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=_positive, default=64)
-    p.add_argument("--shard-size", type=_positive, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--shard-size", type=positive_int, default=256)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N; asserted, never swapped")
     p.add_argument("--w-dtype", choices=("float16", "float32"), default="float32")
     p.add_argument("--store-images", choices=("auto", "yes", "no"), default="auto")
@@ -121,10 +126,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _positive(text: str) -> int:
-    value = int(text)
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
     return value
 
 

@@ -178,9 +178,32 @@ def test_encoding_into_a_committed_store_is_refused_up_front(nets):
     assert _contents(nets["store"]) == before  # the committed store is untouched
 
 
-def test_encode_usage_errors_are_one_line():
-    result = encode("--input", "cfmnist:iid", "--steps", "zero")
-    assert result.returncode == 2 and "--steps" in one_error_line(result.stderr)
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--steps", "zero"], "--steps: not a whole number"),
+        (["--lr", "nan"], "--lr: nan is not a finite number"),
+        (["--lr", "0"], "--lr: must be > 0"),
+        (["--beta-mix", "-1"], "--beta-mix: must be >= 0"),
+    ],
+)
+def test_encode_usage_errors_are_one_line(flags, words):
+    result = encode("--input", "cfmnist:iid", "--output", "x.zarr", "--generator", "G.pt", *flags)
+    assert result.returncode == 2 and words in one_error_line(result.stderr)
+
+
+@pytest.mark.parametrize(
+    "args, words, command",
+    [
+        (["train", "--epochz", "3"], "No such option '--epochz'", "advmix train"),
+        (["train", "--lr", "nan"], "'nan' is not a finite number", "advmix train"),
+        (["store", "info"], "Missing argument 'URL'", "advmix store info"),
+    ],
+)
+def test_advmix_usage_errors_are_one_line(capsys, args, words, command):
+    code, _, err = cli(capsys, *args)
+    line = one_error_line(err)
+    assert code == 2 and words in line and line.endswith(f"(see {command} --help)")
 
 
 # -- 5. divergence stops training ------------------------------------------------------------------
