@@ -128,17 +128,44 @@ class ResNet(nn.Module):
 
     def load_backbone(self, path) -> None:
         """Pretrained torchvision weights from a file (``weights_only``), all but the last
-        layer (its classes are ours)."""
-        state = safe_load(path, what="torchvision weights")
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        layer (its classes are ours). Weights of another network are refused with one line
+        naming the first tensor that differs, before anything is copied."""
+        state = safe_load(path, what="torchvision weights file")
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
         if not isinstance(state, dict):
-            raise CheckpointError(f"{path}: not a state dict of torchvision weights")
-        state = {k.removeprefix("module."): v for k, v in state.items()
-                 if not k.removeprefix("module.").startswith("fc.")}  # fmt: skip
-        missing, unexpected = self.net.load_state_dict(state, strict=False)
-        if unexpected or any(not k.startswith("fc.") for k in missing):
-            raise CheckpointError(f"{path}: not {self.cfg.arch} weights "
-                                  f"({len(unexpected)} unexpected, {len(missing)} missing)")  # fmt: skip
+            raise CheckpointError(f"{path}: not a state dict of torchvision weights "
+                                  f"(it holds a {type(state).__name__})")  # fmt: skip
+        state = {str(k).removeprefix("module."): v for k, v in state.items()
+                 if not str(k).removeprefix("module.").startswith("fc.")}  # fmt: skip
+        ours = {k: v for k, v in self.net.state_dict().items() if not k.startswith("fc.")}
+        mismatch = first_mismatch(ours, state, self.cfg.arch)
+        if mismatch:
+            raise CheckpointError(f"{path}: not {self.cfg.arch} weights: {mismatch}")
+        self.net.load_state_dict(state, strict=False)
+
+
+def first_mismatch(ours: dict[str, Tensor], theirs: dict, arch: str) -> str | None:
+    """The first tensor (in the network's order) that a file of weights lacks, holds in
+    another shape or holds as something else, then the first the network lacks; None when
+    every tensor fits. BatchNorm's step counters may be absent: torch fills them in."""
+    for key, ours_value in ours.items():
+        shape = tuple(ours_value.shape)
+        if key not in theirs:
+            if key.endswith("num_batches_tracked"):
+                continue
+            return f"{key} {shape} is missing from the file"
+        value = theirs[key]
+        if not isinstance(value, Tensor):
+            return f"{key} is not a tensor in the file ({type(value).__name__}), {shape} in {arch}"
+        if tuple(value.shape) != shape:
+            return f"{key} is {tuple(value.shape)} in the file, {shape} in {arch}"
+    extra = next((key for key in theirs if key not in ours), None)
+    if extra is None:
+        return None
+    value = theirs[extra]
+    named = f"{extra} {tuple(value.shape)}" if isinstance(value, Tensor) else extra
+    return f"{named} is in the file but not in {arch}"
 
 
 ARCHITECTURES = {"smallcnn": SmallCNN, "resnet18": ResNet, "resnet50": ResNet}

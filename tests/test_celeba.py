@@ -208,3 +208,35 @@ def test_a_resnet_classifier_at_its_own_input_size(celeba, tmp_path):
     assert model.cfg.arch == "resnet18" and model.cfg.input_size == 32
     # the generator decodes 64 px; the classifier reads them at its own 32 px
     assert model(torch.rand(2, 3, 64, 64)).shape == (2, 2)
+
+
+def test_imagenet_weights_load_and_another_resnets_are_one_line(celeba, tmp_path, capsys):
+    from torchvision import models
+
+    from advmix.classifiers import load_classifier
+    from tests.test_failures import one_error_line
+
+    def train(arch, weights, out):
+        try:
+            main(["train", "--store", celeba["train"], "--generator", celeba["G"], "--method",
+                  "nominal", "--target", "Smiling", "--arch", arch, "--arch-weights", weights,
+                  "--input-size", "32", "--epochs", "1", "--batch-size", "8", "--max-steps", "1",
+                  "--out", str(tmp_path / out), "--no-progress"])  # fmt: skip
+        except SystemExit as exc:
+            return exc.code, capsys.readouterr().err
+        return 0, capsys.readouterr().err
+
+    r50 = tmp_path / "r50.pt"
+    torch.save(models.resnet50(weights=None).state_dict(), r50)
+    code, err = train("resnet18", str(r50), "wrong")
+    assert code == 1 and one_error_line(err) == (
+        f"Error: {r50}: not resnet18 weights: layer1.0.conv1.weight is (64, 64, 1, 1) in the "
+        "file, (64, 64, 3, 3) in resnet18"
+    )
+    r18 = models.resnet18(weights=None).state_dict()
+    r18["conv1.weight"] = torch.full_like(r18["conv1.weight"], 0.5)  # recognisable after a step
+    torch.save(r18, tmp_path / "r18.pt")
+    code, err = train("resnet18", str(tmp_path / "r18.pt"), "right")
+    assert code == 0, err
+    model, _ = load_classifier(tmp_path / "right" / "classifier.pt")
+    assert (model.net.conv1.weight - 0.5).abs().max() < 0.01  # one Adam step of 1e-3 away
