@@ -6,6 +6,7 @@ paper's table; bad attribute files get one line."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -113,7 +114,7 @@ def test_the_study_writes_the_papers_table(celeba, tmp_path):
     cfg = CelebAConfig(
         root=str(celeba["root"] / "data"), generator=celeba["G"], attributes=("Smiling", "Male"),
         methods=("nominal", "advmix"), encode_steps=1, encode_batch=8, epochs=1, batch_size=8,
-        attack_steps=1, extra_encode_flags=("--features", celeba["F"], "--w-avg-samples", "16"),
+        attack_steps=1, features=celeba["F"], extra_encode_flags=("--w-avg-samples", "16"),
         extra_train_flags=("--width", "4", "--style-samples", "64", "--no-progress"),
     )  # fmt: skip
     rows = run(cfg, tmp_path / "study")
@@ -122,6 +123,42 @@ def test_the_study_writes_the_papers_table(celeba, tmp_path):
     assert text.splitlines()[0] == "| method | Smiling | Male |"
     assert text.splitlines()[2].startswith("| nominal | ") and "AdvMix" in text
     assert table(collect(tmp_path / "study")) == text.strip()
+
+
+def test_the_table_reads_the_runs_docs_celeba_writes_and_names_what_it_misses(celeba, tmp_path):
+    """docs/celeba.md trains into OUT/runs/<attribute>/<method> and evaluates with --json-out
+    there; the table command reads exactly that, and says which cells it leaves blank."""
+    out = tmp_path / "celeba"
+    run = out / "runs" / "Smiling" / "nominal"
+    main(["train", "--store", celeba["train"], "--generator", celeba["G"], "--method", "nominal",
+          "--target", "Smiling", "--epochs", "1", "--batch-size", "8", "--width", "4",
+          "--out", str(run), "--no-progress"])  # fmt: skip
+    main(["evaluate", "--checkpoint", str(run / "classifier.pt"), "--store", celeba["test"],
+          "--attack", "advmix", "--generator", celeba["G"], "--attack-steps", "1",
+          "--style-samples", "64", "--json-out", str(run / "eval.json")])  # fmt: skip
+    (out / "runs" / "Smiling" / "advmix").mkdir()  # trained, not evaluated yet
+    shutil.copy(run / "classifier.pt", out / "runs" / "Smiling" / "advmix")
+    (out / "runs" / "Smiling" / "at").mkdir()  # not a method of the table
+
+    def table_only(folder):
+        return subprocess.run([sys.executable, "-m", "studies.celeba", "--table-only", "--out",
+                               str(folder)], capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    result = table_only(out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = (out / "table.md").read_text().splitlines()
+    assert lines[:2] == ["| method | Smiling |", "|---|---|"]
+    assert lines[2].startswith("| nominal | ") and lines[3:5] == ["", "Not in the table:"]
+    assert lines[5:] == [
+        f"- {out}/runs/Smiling/advmix/eval.json is missing: trained, not evaluated "
+        "(advmix evaluate --json-out writes it)",
+        f"- {out}/runs/Smiling/at is left out: not one of the table's methods "
+        "(nominal, at-4, at-8, randmix, advmix)",
+    ]
+    result = table_only(tmp_path / "elsewhere")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"Error: no evaluated runs in {tmp_path / 'elsewhere'}: ")
 
 
 @pytest.mark.parametrize(
