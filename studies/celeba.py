@@ -66,8 +66,9 @@ def encode(cfg: CelebAConfig, split: str, limit: int | None, out: Path) -> Path:
     configure_logging()
     counts = encode_job(
         ["--input", spec, "--output", str(store), "--generator", cfg.generator,
-         "--features", cfg.features, "--steps", str(cfg.encode_steps), "--batch-size", str(cfg.encode_batch),
-         "--shard-size", str(4 * cfg.encode_batch), *cfg.extra_encode_flags]
+         "--features", cfg.features, "--steps", str(cfg.encode_steps),
+         "--batch-size", str(cfg.encode_batch), "--shard-size", str(4 * cfg.encode_batch),
+         *cfg.extra_encode_flags]
     )  # fmt: skip
     say(f"encoded {counts['encoded']}, rejected {counts['rejected']}")
     return store
