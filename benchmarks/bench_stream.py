@@ -3,8 +3,8 @@
 1. ``LatentStream`` samples/s over a whole epoch (verified reads, shuffle buffer, prefetch,
    batches) vs raw whole-shard reads of the same arrays (one GET and ``decode_shard`` per
    object, no checksum), on local disk and on the S3 emulator (moto on 127.0.0.1 in this
-   process), and zarr's own slicing for reference. Target: stream >= 0.8x raw. Best of
-   ``REPEATS``, interleaved.
+   process), zarr's own slicing for reference, and sha256 alone over the same objects (what
+   verification adds). Target: stream >= 0.8x raw. Best of ``REPEATS``, interleaved.
 2. Peak RSS (VmHWM) of a process opening a 100k-sample vs a 1M-sample store (tiny w, no
    images) and streaming the same 60k samples from each (shuffle buffer 16k), each in a fresh
    subprocess. Target: equal within +-10%.
@@ -111,30 +111,51 @@ def _stream_epoch(url, storage_options, epoch: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def _throughput(url, storage_options) -> dict:
+def _sha256_epoch(url, storage_options) -> float:
+    """Samples/s of hashing every shard object's bytes (read beforehand), nothing else: what
+    verifying a read costs on top of the read."""
+    from schemas.manifest import sha256_hex
+    from schemas.reader import open_store
+
+    store = open_store(url, storage_options)
+    specs = store.layout.arrays
+    blobs = [store.location.read(specs[name].key(name, shard))
+             for shard in range(store.num_shards) for name in ("w", "label", "image")]  # fmt: skip
+    started = time.perf_counter()
+    for blob in blobs:
+        sha256_hex(blob)
+    return store.num_samples / (time.perf_counter() - started)
+
+
+def _throughput(url, storage_options, repeats: int) -> dict:
     write_store(url, THROUGHPUT_LAYOUT, storage_options)
-    raw, stream, plain = [], [], []
-    for epoch in range(REPEATS):  # interleaved, so load changes on the machine hit all
+    raw, stream, plain, hashed = [], [], [], []
+    for epoch in range(repeats):  # interleaved, so load changes on the machine hit all
         raw.append(_raw_epoch(url, storage_options))
         stream.append(_stream_epoch(url, storage_options, epoch))
         plain.append(_zarr_epoch(url, storage_options))
-    raw, stream, plain = max(raw), max(stream), max(plain)
+        hashed.append(_sha256_epoch(url, storage_options))
+    ratios = sorted(s / r for s, r in zip(stream, raw, strict=True))
+    raw, stream, plain, hashed = max(raw), max(stream), max(plain), max(hashed)
     return {
         "raw_shard_reads_samples_per_s": round(raw, 1),
         "stream_samples_per_s": round(stream, 1),
         "stream_vs_raw": round(stream / raw, 3),
+        "stream_vs_raw_median_of_pairs": round(ratios[len(ratios) // 2], 3),
+        "sha256_alone_samples_per_s": round(hashed, 1),
+        "sha256_vs_raw_read_time": round(raw / hashed, 3),
         "zarr_slicing_samples_per_s": round(plain, 1),
         "raw_vs_zarr_slicing": round(raw / plain, 2),
     }
 
 
-def measure_throughput() -> dict:
+def measure_throughput(repeats: int = REPEATS) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        local = _throughput(str(Path(tmp) / "s.zarr"), None)
+        local = _throughput(str(Path(tmp) / "s.zarr"), None, repeats)
     from schemas.testing import moto_s3
 
     with moto_s3() as options:
-        s3 = _throughput("s3://advmix/bench.zarr", options)
+        s3 = _throughput("s3://advmix/bench.zarr", options, repeats)
     return {"local": local, "s3_emulator": s3}
 
 
