@@ -35,14 +35,21 @@ class WriterLease:
         self.location, self.ttl, self.settle = location, ttl, settle
         self.token = uuid.uuid4().hex
         self._stop = threading.Event()
+        self.lost = threading.Event()  # set when another job took the store over from this one
         self._renewer: threading.Thread | None = None
 
     def __enter__(self) -> WriterLease:
         self.acquire()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, value, traceback) -> None:
         self.release()
+        if kind is None and self.lost.is_set():
+            raise StoreError(
+                f"{self.location.display}: another encode job took the store over while this "
+                "one stalled past its lease; the two may have written the same shards: run "
+                "`advmix store validate --full` before using it"
+            )
 
     def acquire(self) -> None:
         self._refuse_if_held()
@@ -89,6 +96,12 @@ class WriterLease:
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl / 3):
             try:
+                holder = self._read()
+                if holder is not None and holder.get("token") != self.token:
+                    # this job stalled past its lease and another took the store over:
+                    # renewing would overwrite that job's lease, so stop and leave it alone
+                    self.lost.set()
+                    return
                 self._write()
             except StoreError:  # a missed renewal shortens the lease; the next one may land
                 pass

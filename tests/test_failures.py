@@ -303,6 +303,22 @@ def test_a_dead_jobs_lease_is_taken_over(tmp_path):
     assert not location.exists(LEASE)
 
 
+def test_a_lease_taken_over_is_never_overwritten_by_the_old_holder(tmp_path):
+    """A job that stalled past its lease finds another job's lease: it stops renewing instead
+    of writing over it."""
+    location = Location(str(tmp_path / "store.zarr"))
+    lease = WriterLease(location, ttl=0.3, settle=0.05)
+    lease.acquire()
+    other = {"token": "other", "host": "elsewhere", "pid": 1, "expires": time.time() + 600}
+    location.write(LEASE, json.dumps(other).encode())
+    assert lease.lost.wait(2.0)
+    time.sleep(0.3)  # a renewal would have come by now
+    assert json.loads(location.read(LEASE))["token"] == "other"
+    with pytest.raises(StoreError, match="another encode job took the store over"):
+        lease.__exit__(None, None, None)  # the job finishing: told in one line, not silently
+    assert json.loads(location.read(LEASE))["token"] == "other"  # release leaves it too
+
+
 def test_a_verified_read_returns_the_stored_bytes(nets):
     from schemas.reader import open_store
 
