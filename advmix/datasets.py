@@ -70,6 +70,8 @@ class ImageSet:
     ids: list[str]
     label_names: tuple[str, ...]
     spec: str
+    attributes: np.ndarray | None = None  # [N, A] 0/1 per named attribute (irmcf's env)
+    attribute_names: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -163,6 +165,21 @@ def load(spec: DatasetSpec | str, data_root: str | None = None) -> ImageSet:
     """Materialise a dataset spec as an ImageSet."""
     if isinstance(spec, str):
         spec = parse_spec(spec)
+    loader = loaders().get(spec.name)
+    if loader is None:
+        raise DataError(f"{spec}: read by the encode job from its folder (pipeline), not here")
+    return loader(spec, data_root)
+
+
+def loaders() -> dict:
+    """Each dataset's loader, by name."""
+    from advmix import irmcf  # built on this module's readers, so imported once they exist
+
+    return {"cfmnist": load_colored, "cmnist": load_colored, "irmcf": irmcf.load}
+
+
+def load_colored(spec: DatasetSpec, data_root: str | None = None) -> ImageSet:
+    """Colored Fashion-MNIST or colored MNIST under this module's protocol."""
     root = find_root(spec.name, spec.root or data_root)
     train = spec.split in ("train", "train-random")
     gray, labels = load_idx_pair(root, train)

@@ -100,11 +100,14 @@ def _list_celeba(text: str, storage_options: dict) -> Listing:
 def _list_spec(text: str) -> Listing:
     spec = parse_spec(text)
     images = _load_spec(str(spec))
+    rows = images.attributes  # the spec's own 0/1 attributes (irmcf's env), if it has any
     refs = [
-        SampleRef(i, sample_id, f"{spec}#{i}", int(label))
+        SampleRef(i, sample_id, f"{spec}#{i}", int(label),
+                  attributes=None if rows is None else tuple(int(v) for v in rows[i]))
         for i, (sample_id, label) in enumerate(zip(images.ids, images.labels, strict=True))
-    ]
-    return Listing("spec", str(spec), refs, images.label_names)
+    ]  # fmt: skip
+    return Listing("spec", str(spec), refs, images.label_names,
+                   attribute_names=images.attribute_names)  # fmt: skip
 
 
 @functools.lru_cache(maxsize=4)

@@ -44,6 +44,14 @@ class TrainConfig:
                          kind="fraction", fixed=True)  # fmt: skip
     pgd_steps: int = setting(7, "AT PGD steps.", low=1, fixed=True)
     mixup_alpha: float = setting(1.0, "mixup Beta(alpha, alpha).", low=0, low_open=True, fixed=True)
+    irm_penalty_weight: float = setting(
+        91257.18613115903, "IRMv1 penalty weight once annealed (the reference's Colored MNIST "
+        "value).", low=0, fixed=True,
+    )  # fmt: skip
+    irm_anneal_steps: int = setting(
+        190, "IRMv1 steps with penalty weight 1 before --irm-penalty-weight applies.", low=0,
+        fixed=True,
+    )  # fmt: skip
     grayscale: bool = setting(
         False, "Colour-blind classifier (max over RGB) at train and eval: the oracle baseline.",
         fixed=True,

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from advmix import attacks
+from advmix.errors import AdvmixError
 from advmix.objectives import SINGLE_LABEL, MultiLabel, SingleLabel
 from advmix.projections import StyleSet
 from advmix.stylegan import Generator
@@ -37,6 +38,9 @@ class MethodContext:
     style_set: StyleSet
     cfg: TrainConfig
     objective: SingleLabel | MultiLabel = SINGLE_LABEL  # classes, or attributes at once
+    # Set by the trainer before each batch, for methods that read them (IRMv1):
+    step: int = 0  # steps taken so far
+    env: Tensor | None = None  # [B] environment of each example (the store's env column)
 
 
 @dataclass
@@ -106,10 +110,69 @@ def mixup(ctx: MethodContext, x, w, y, generator) -> TrainBatch:
     return MixupBatch(mixed, y_a, ctx.objective, targets_b=y_b, lam=lam)
 
 
+def irm_penalty(logits: Tensor, targets: Tensor, objective) -> Tensor:
+    """IRMv1's penalty (Arjovsky et al. 2019): the squared gradient of the risk with respect
+    to a dummy scale of 1.0 on the logits, kept in the graph so the model trains on it."""
+    scale = torch.ones((), device=logits.device, requires_grad=True)
+    risk = objective.mean_loss(logits * scale, targets)
+    (grad,) = torch.autograd.grad(risk, [scale], create_graph=True)
+    return grad.pow(2)
+
+
+@dataclass
+class IRMBatch(TrainBatch):
+    """IRMv1's loss: mean per-environment risk plus ``penalty_weight`` times the mean
+    per-environment penalty, divided by the weight once it exceeds 1 (as the reference code
+    does, to keep gradients in range); environments missing from a batch are left out."""
+
+    envs: Tensor | None = None
+    penalty_weight: float = 1.0
+
+    def loss(self, logits: Tensor) -> Tensor:
+        risks, penalties = [], []
+        for env in torch.unique(self.envs):
+            mine = self.envs == env
+            risks.append(self.objective.mean_loss(logits[mine], self.targets[mine]))
+            penalties.append(irm_penalty(logits[mine], self.targets[mine], self.objective))
+        loss = torch.stack(risks).mean() + self.penalty_weight * torch.stack(penalties).mean()
+        return loss / self.penalty_weight if self.penalty_weight > 1.0 else loss
+
+
+def irm_weight(cfg: TrainConfig, step: int) -> float:
+    """1 for the first ``irm_anneal_steps`` steps, then ``irm_penalty_weight``."""
+    return cfg.irm_penalty_weight if step >= cfg.irm_anneal_steps else 1.0
+
+
+def irm(ctx: MethodContext, x, w, y, generator) -> TrainBatch:
+    """IRMv1 on the nominal batch, with the environments the store's ``env`` column gives."""
+    if ctx.env is None:
+        raise AdvmixError("--method irm needs environments: the store has no 'env' column")
+    return IRMBatch(x, y, ctx.objective, envs=ctx.env, penalty_weight=irm_weight(ctx.cfg, ctx.step))
+
+
+# Methods that read the store's environment column (ENV_COLUMN) through MethodContext.env.
+NEEDS_ENV = ("irm",)
+ENV_COLUMN = "env"
+
 METHODS: dict[str, Callable[..., TrainBatch]] = {
     "nominal": nominal,
     "at": adversarial,
     "randmix": randmix,
     "advmix": advmix,
     "mixup": mixup,
+    "irm": irm,
 }
+
+
+def env_column(method: str, store) -> int | None:
+    """The column of ``store``'s attributes holding environments, when ``method`` needs them;
+    a store without one is a one-line error."""
+    if method not in NEEDS_ENV:
+        return None
+    names = tuple(getattr(store, "attribute_names", ()) or ())
+    if ENV_COLUMN not in names:
+        raise AdvmixError(
+            f"--method {method} needs environment labels: {store.url} has no {ENV_COLUMN!r} "
+            "column (encode irmcf:train, or a folder with an --attributes table holding env)"
+        )
+    return names.index(ENV_COLUMN)

@@ -34,7 +34,7 @@ from advmix.stylegan import resolve_k, to_unit
 from training import runfiles
 from training.config import TrainConfig
 from training.distributed import init_distributed
-from training.methods import METHODS, MethodContext
+from training.methods import METHODS, MethodContext, env_column
 from training.targets import resolve_targets
 
 
@@ -95,6 +95,7 @@ class Trainer:
         self.method = MethodContext(self.model, self.G, self.k, style_set, cfg,
                                     self.targets.objective)  # fmt: skip
         self.make_batch = METHODS[cfg.method]
+        self.env_column = env_column(cfg.method, self.store)
         self.ddp = None
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -183,6 +184,9 @@ class Trainer:
         w = batch["w"].to(self.device)
         net = self.ddp if self.ddp is not None else self.model
         self.model.train()
+        self.method.step = self.step
+        if self.env_column is not None:
+            self.method.env = batch["attributes"][:, self.env_column].long().to(self.device)
         made = self.make_batch(self.method, x, w, y, gen)
         logits = net(made.inputs)
         loss, acc = made.loss(logits), made.accuracy(logits)
