@@ -206,3 +206,20 @@ def test_irm_trains_on_the_stores_environments_and_needs_them(store, tmp_path):
         env_column("irm", open_store(str(tmp_path / "plain")))
     assert "\n" not in str(info.value)
     assert env_column("nominal", open_store(str(tmp_path / "plain"))) is None
+
+
+def test_the_grayscale_oracle_sees_no_colour(raw):
+    """--grayscale (max over RGB) gets the same input from the red and the green version of an
+    item, so the oracle cannot use colour."""
+    from advmix.classifiers import make_classifier
+
+    gray = raw[0][:4]
+    red = torch.from_numpy(irmcf.colorize(gray, np.ones(4, dtype=np.int64))) / 255.0
+    green = torch.from_numpy(irmcf.colorize(gray, np.zeros(4, dtype=np.int64))) / 255.0
+    torch.manual_seed(0)
+    oracle = make_classifier(2, 8, grayscale=True).eval()
+    with torch.no_grad():
+        assert torch.equal(oracle(red), oracle(green))
+    # what it sees: the item with its bright pixels at full intensity
+    seen = np.pad(np.where(gray >= 128, 255, gray), ((0, 0), (2, 2), (2, 2))) / 255.0
+    assert torch.allclose(oracle.prepare(red)[:, 0], torch.from_numpy(seen).float())
