@@ -136,6 +136,7 @@ def _summary(opened) -> dict:
         "code_version": opened.code_version,
         "num_samples": opened.num_samples,
         "num_dead_letters": opened.num_dead_letters,
+        "accounting": accounting.to_dict() if (accounting := opened.manifest.accounting) else None,
         "num_shards": opened.num_shards,
         "shard_size": opened.shard_size,
         "last_shard_size": last,
@@ -169,6 +170,16 @@ def _lines(summary: dict):
         ),
     )
     yield "samples", f"{summary['num_samples']} stored, {summary['num_dead_letters']} dead-lettered"
+    counts = summary["accounting"]
+    yield (
+        "inputs",
+        (
+            f"listed {counts['listed']}: encoded {counts['encoded']}, rejected {counts['rejected']}, "
+            f"skipped {counts['skipped']} (skipped.parquet)"
+            if counts
+            else "(no accounting: written before stores recorded their inputs)"
+        ),
+    )
     yield (
         "shards",
         (

@@ -1,12 +1,22 @@
 """Stage 1: ``python -m pipeline.encode`` inverts images into a latent store with Apache Beam.
 
-    List -> Decode -> (accepted positions) -> CreateStore -> AssignShard -> GroupByShard
-         -> BatchShard -> Invert -> RegroupByShard -> WriteShard -> Commit
-    Decode's rejects -> DeadLetters -> Commit
+The launcher lists the inputs, then runs two pipelines, neither of which groups anything:
+
+    Create(listing chunks) -> Screen                  (pipeline.screen: which inputs decode)
+    Create(shard plans) -> ReadShardInputs -> Invert -> WriteShard          (pipeline.transforms)
+
+Between them it reads the screening records, creates the store and plans its shards (accepted
+inputs in listing order, ``--shard-size`` each); each shard is then read, inverted and written
+by one worker, which leaves the shard's completion record in the store. After the second
+pipeline the launcher reads the planned shards' records and commits (``manifest.json``, with
+the listing's accounting), or names the missing shards in one line. No runner's GroupByKey,
+nor a global combine, decides what a shard holds, so every runner writes the same bytes.
 
 Runs on Beam's FnApiRunner by default (the DirectRunner would first try to download Prism);
-any other Beam option (``--runner=DataflowRunner``, ``--direct_running_mode=multi_processing``,
-...) passes through. Rerunning into an unfinished store skips the shards it already holds.
+``--runner=DaskRunner [--dask_client_address=HOST:PORT]`` runs on a Dask cluster
+(``pipeline.engines``), and any other Beam option (``--runner=DataflowRunner``,
+``--direct_running_mode=multi_processing``, ...) passes through. Rerunning into an unfinished
+store skips the shards it already holds.
 """
 
 from __future__ import annotations
@@ -18,7 +28,6 @@ import sys
 import apache_beam as beam
 import torch
 from apache_beam.ml.inference.base import RunInference
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from advmix.checkpoints import generator_fingerprint, load_generator
 from advmix.encoder import encoder_fingerprint
@@ -28,20 +37,15 @@ from advmix.perceptual import load_features
 from advmix.spec import parse_spec
 from advmix.stylegan import resolve_k
 from pipeline.artifacts import local_copy
+from pipeline.engines import Engine
 from pipeline.flags import build_parser
 from pipeline.model_handler import InversionModelHandler, load_matching_encoder, resolve_device
+from pipeline.screen import ScreenFn, accepted_positions, chunks, clear_records
 from pipeline.sources import Listing, list_inputs
-from pipeline.transforms import (
-    REJECTED,
-    AssignShardFn,
-    DecodeFn,
-    WriteShardFn,
-    batch_shard,
-    write_dead_letters,
-)
+from pipeline.transforms import ReadShardInputsFn, WriteShardFn, plan_shards
 from schemas.errors import StoreError
 from schemas.layout import MANIFEST, Layout
-from schemas.lease import WriterLease
+from schemas.lease import LEASE, WriterLease
 from schemas.manifest import Provenance
 from schemas.plan import plan_parts, read_plan
 from schemas.reader import open_store
@@ -53,18 +57,6 @@ MAX_STORED_IMAGE_PIXELS = 64 * 64  # keep source images in the store up to this 
 # From an encoder's prediction, Adam's first steps of 0.2 per coordinate undo the start
 # (docs/encoding.md: 22.7 dB at 0 steps, 19.7 dB after 5); 0.02 refines it.
 WARM_START_LR = 0.02
-
-
-def _runs_here(options: PipelineOptions) -> bool:
-    """Whether the workers run on this machine (the local runners), so its devices matter."""
-    runner = options.get_all_options()["runner"]
-    return runner.rsplit(".", 1)[-1] in ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner")
-
-
-def beam_options(extra: list[str]) -> PipelineOptions:
-    if not any(arg.startswith("--runner") for arg in extra):
-        extra = ["--runner=FnApiRunner", *extra]
-    return PipelineOptions(extra)
 
 
 def plan_store(args, listing: Listing, G, num_accepted: int) -> tuple[Layout, Provenance]:
@@ -97,8 +89,8 @@ def plan_store(args, listing: Listing, G, num_accepted: int) -> tuple[Layout, Pr
 
 def run(argv: list[str] | None = None) -> dict:
     args, beam_args = build_parser().parse_known_args(argv)
-    options = beam_options(beam_args)
-    if _runs_here(options):  # a Dataflow launcher has no GPU of its own; its workers check
+    engine = Engine(beam_args)
+    if engine.runs_here:  # a Dataflow launcher has no GPU of its own; its workers check
         resolve_device(args.device)
     storage_options = dict(parse_storage_option(text) for text in args.storage_option)
     output = Location(args.output, storage_options)
@@ -130,7 +122,8 @@ def run(argv: list[str] | None = None) -> dict:
     if not args.overwrite:  # resuming: the shards there must come from these same settings
         _refuse_other_settings(output, plan_store(args, listing, G, 1)[1])
     image_shape = (G.cfg.img_channels, G.cfg.resolution, G.cfg.resolution)
-    completed = _completed_shards(args.output, storage_options, args.overwrite)
+    decode_args = (listing.kind, listing.source, image_shape, len(listing.label_names),
+                   storage_options, args.resize, len(listing.attribute_names))  # fmt: skip
     handler = InversionModelHandler(
         args.generator,
         args.features,
@@ -139,81 +132,46 @@ def run(argv: list[str] | None = None) -> dict:
         large_model=args.large_model,
         storage_options=storage_options,
         encoder_path=args.encoder,
+        threads=args.torch_threads,
     )
     split = parse_spec(listing.source).split if listing.kind in ("spec", "celeba") else None
+    screened = chunks(listing.refs)
 
-    def create_store(accepted: list[int]) -> str:
+    with WriterLease(output) as lease, engine.session():
+        if args.overwrite:  # the job's own lease stays: it holds the store
+            output.delete_all(keep=(LEASE,))
+        screen = beam.Pipeline(options=engine.options(len(screened)))
+        _ = (
+            screen
+            | "ListChunks" >> beam.Create(screened, reshuffle=True)
+            | "Screen" >> beam.ParDo(ScreenFn(output, decode_args))
+        )
+        engine.run("screening", screen)
+        accepted = accepted_positions(output, screened)
         if not accepted:
             raise StoreError("no usable input: every sample was rejected (see the reasons above)")
         layout, provenance = plan_store(args, listing, G, len(accepted))
-        StoreWriter.create(
-            args.output, layout, provenance, storage_options=storage_options,
-            overwrite=args.overwrite,
-        )  # fmt: skip
-        return args.output
-
-    def commit(num_shards_written: int, created: str, num_dead: int) -> str:
-        # The arguments are unused on purpose: as inputs they make Beam run this step only
-        # after every shard and the dead letters are written.
-        StoreWriter.open(args.output, storage_options).commit()
-        return args.output
-
-    with WriterLease(output), beam.Pipeline(options=options) as pipeline:
-        decoded = (
-            pipeline
-            | "List" >> beam.Create(listing.refs, reshuffle=True)
-            | "Decode"
-            >> beam.ParDo(
-                DecodeFn(listing.kind, listing.source, image_shape, len(listing.label_names),
-                         storage_options, args.resize, len(listing.attribute_names))
-            ).with_outputs(REJECTED, main="accepted")
-        )  # fmt: skip
-        accepted = (
-            decoded.accepted
-            | "Positions" >> beam.Map(lambda element: element[0].position)
-            | "CollectPositions" >> beam.combiners.ToList()
-            | "Sort" >> beam.Map(sorted)
-        )
-        created = accepted | "CreateStore" >> beam.Map(create_store)
-        written = (
-            decoded.accepted
-            | "AssignShard"
-            >> beam.ParDo(
-                AssignShardFn(args.shard_size, completed),
-                accepted=beam.pvalue.AsSingleton(accepted),
+        writer = StoreWriter.create(args.output, layout, provenance,
+                                    storage_options=storage_options)  # fmt: skip
+        completed = set(writer.completed_shards())
+        plans = plan_shards(listing.refs, accepted, args.shard_size, completed)
+        if plans:
+            # Reshuffle spreads the plans over workers; what a shard holds never depends on it.
+            encode = beam.Pipeline(options=engine.options(len(plans)))
+            _ = (
+                encode
+                | "ShardPlans" >> beam.Create(plans, reshuffle=True)
+                | "ReadShardInputs" >> beam.ParDo(ReadShardInputsFn(decode_args, args.batch_size))
+                | "Invert" >> RunInference(handler)
+                | "WriteShard"
+                >> beam.ParDo(
+                    WriteShardFn(args.output, storage_options, split, _stores_images(args, G))
+                )
             )
-            | "GroupByShard" >> beam.GroupByKey()
-            | "BatchShard" >> beam.FlatMap(batch_shard, batch_size=args.batch_size)
-            | "Invert" >> RunInference(handler)
-            | "KeyByShard" >> beam.Map(lambda result: (result.example.shard, result))
-            | "RegroupByShard" >> beam.GroupByKey()
-            | "WriteShard"
-            >> beam.ParDo(
-                WriteShardFn(args.output, storage_options, split, _stores_images(args, G)),
-                created=beam.pvalue.AsSingleton(created),
-            )
-        )
-        dead = (
-            decoded[REJECTED]
-            | "CollectRejected" >> beam.combiners.ToList()
-            | "DeadLetters"
-            >> beam.Map(
-                write_dead_letters,
-                created=beam.pvalue.AsSingleton(created),
-                url=args.output,
-                storage_options=storage_options,
-            )
-        )
-        _ = (
-            written
-            | "CountShards" >> beam.combiners.Count.Globally()
-            | "Commit"
-            >> beam.Map(
-                commit,
-                created=beam.pvalue.AsSingleton(created),
-                num_dead=beam.pvalue.AsSingleton(dead),
-            )
-        )
+            engine.run("encode", encode)
+        if not lease.lost.is_set():  # a job that lost the store to another commits nothing
+            writer.commit(listed=listing.listed, skipped=list(listing.skipped_rows))
+            clear_records(output, screened)
 
     store = open_store(args.output, storage_options)
     counts = {
@@ -256,15 +214,6 @@ def _refuse_other_settings(location: Location, provenance: Provenance) -> None:
             f"{location.display} holds an unfinished store started with other settings "
             f"({', '.join(details)}): rerun with those to resume it, or pass --overwrite"
         )
-
-
-def _completed_shards(url: str, storage_options: dict, overwrite: bool) -> set[int]:
-    if overwrite:
-        return set()
-    try:
-        return set(StoreWriter.open(url, storage_options).completed_shards())
-    except StoreError:
-        return set()  # nothing there yet (or a committed store, which create() will refuse)
 
 
 class _StepFailures(logging.Filter):

@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--w-dtype", choices=("float16", "float32"), default="float32")
     p.add_argument("--store-images", choices=("auto", "yes", "no"), default="auto")
     p.add_argument("--large-model", action="store_true", help="one shared model per machine")
+    p.add_argument(
+        "--torch-threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads torch uses per worker while inverting [default: torch's own, which "
+        "differs between runners: Dask workers use 1]; the store's bytes depend on it",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument(
         "--attributes",

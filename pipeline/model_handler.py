@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,19 +28,20 @@ log = logging.getLogger("pipeline.encode")
 
 
 @dataclass(frozen=True)
-class EncodeBatch:
-    """One RunInference element: consecutive samples of one shard, inverted together.
+class ShardWork:
+    """One RunInference element: every sample of one shard, inverted by one worker.
 
-    The job forms these batches itself (sorted samples, fixed size per shard) instead of
-    letting Beam batch by arrival: the float results then depend only on the shard, so a
-    resumed or re-run job writes bit-identical shards.
+    The handler inverts it in consecutive batches of ``batch_size`` samples (the last may be
+    short), formed by the job rather than by Beam's batching by arrival: the float results then
+    depend only on the shard, so a resumed or re-run job, on any runner, writes the same bytes.
     """
 
     shard: int
     samples: list[int]
     refs: list  # SampleRef per sample
-    images: np.ndarray  # uint8 [B, C, H, W]
+    images: np.ndarray  # uint8 [N, C, H, W]
     seeds: list[int]
+    batch_size: int
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -70,7 +72,9 @@ class Projector:
         device: str,
         storage_options: dict | None = None,
         encoder_url: str | None = None,
+        threads: int | None = None,
     ):
+        self.threads = threads
         self.device = resolve_device(device)
         G = load_generator(local_copy(generator_url, storage_options), map_location=self.device)
         self.G = G.eval().requires_grad_(False)
@@ -93,7 +97,8 @@ class Projector:
                 w_start = self.encoder(x.to(self.device))
         else:
             w_start = self.w_start
-        result = invert(self.G, self.features, x, self.cfg, seeds=seeds, w_start=w_start)
+        with torch_threads(self.threads):
+            result = invert(self.G, self.features, x, self.cfg, seeds=seeds, w_start=w_start)
         self.batches += 1
         log.info(
             "inverted %d images x %d steps in %.1fs (batch %d in this process)",
@@ -105,6 +110,21 @@ class Projector:
             "rec_psnr": result.rec_psnr.numpy(),
             "loss": result.loss.numpy(),
         }
+
+
+@contextmanager
+def torch_threads(count: int | None):
+    """Run with ``count`` intra-op threads, then restore the process's own: CPU float results
+    depend on the thread count, and an in-process runner shares its process with the launcher."""
+    if count is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def load_matching_encoder(path: str, G, device):
@@ -119,11 +139,11 @@ def load_matching_encoder(path: str, G, device):
             f"{path}: this encoder was trained for generator {info['generator_fingerprint'][:16]}"
             f"..., not for --generator ({fingerprint[:16]}...)"
         )
-    return encoder
+    return encoder.attach(G)  # an iterative encoder decodes with G between its passes
 
 
-class InversionModelHandler(ModelHandler[EncodeBatch, dict, Projector]):
-    """EncodeBatch -> PredictionResult(batch, {"w": [B, L, D], "rec_mse": [B], ...})."""
+class InversionModelHandler(ModelHandler[ShardWork, dict, Projector]):
+    """ShardWork -> PredictionResult(work, {"w": [N, L, D], "rec_mse": [N], ...})."""
 
     def __init__(
         self,
@@ -134,20 +154,29 @@ class InversionModelHandler(ModelHandler[EncodeBatch, dict, Projector]):
         large_model: bool = False,
         storage_options: dict | None = None,
         encoder_path: str | None = None,
+        threads: int | None = None,
     ):
-        # Elements are already batches (EncodeBatch), so Beam must not group them further.
+        # Elements are whole shards (ShardWork), so Beam must not group them further.
         super().__init__(min_batch_size=1, max_batch_size=1, large_model=large_model)
         self._share_across_processes = large_model
-        self._args = (generator_path, features, cfg, device, storage_options, encoder_path)
+        self._args = (generator_path, features, cfg, device, storage_options, encoder_path,
+                      threads)  # fmt: skip
 
     def load_model(self) -> Projector:
         return Projector(*self._args)
 
     def run_inference(
-        self, batch: Sequence[EncodeBatch], model: Projector, inference_args=None
+        self, batch: Sequence[ShardWork], model: Projector, inference_args=None
     ) -> Iterable[PredictionResult]:
-        for element in batch:
-            yield PredictionResult(element, model.project(element.images, element.seeds))
+        for work in batch:
+            size = work.batch_size
+            parts = [
+                model.project(work.images[i : i + size], work.seeds[i : i + size])
+                for i in range(0, len(work.images), size)
+            ]
+            yield PredictionResult(
+                work, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            )
 
     def get_metrics_namespace(self) -> str:
         return "advmix_encode"

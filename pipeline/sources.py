@@ -51,8 +51,12 @@ class Listing:
     source: str
     refs: list[SampleRef]
     label_names: tuple[str, ...]
-    skipped: int = 0  # hidden files of a folder, not inputs
+    skipped_rows: tuple[dict, ...] = ()  # hidden files of a folder: id, source, reason
     attribute_names: tuple[str, ...] = ()
+
+    @property
+    def skipped(self) -> int:
+        return len(self.skipped_rows)
 
     @property
     def listed(self) -> int:
@@ -144,13 +148,25 @@ def _list_folder(url: str, storage_options: dict, table: AttributeTable | None) 
         attributes = table.rows.get(rel) if table else None
         refs.append(SampleRef(position, rel, fs.unstrip_protocol(path), label,
                               attributes=attributes))  # fmt: skip
-    return Listing("folder", url, refs, tuple(classes), skipped=len(files) - len(visible),
+    skipped = tuple(
+        {"id": rel, "source": fs.unstrip_protocol(path), "reason": _hidden_reason(rel)}
+        for path, rel in zip(files, relative, strict=True) if rel not in visible
+    )  # fmt: skip
+    return Listing("folder", url, refs, tuple(classes), skipped_rows=skipped,
                    attribute_names=table.names if table else ())  # fmt: skip
 
 
 def _hidden(rel: str) -> bool:
     """A file whose name, or any folder's name on its path, starts with a dot."""
     return any(part.startswith(".") for part in rel.split("/"))
+
+
+def _hidden_reason(rel: str) -> str:
+    *folders, name = rel.split("/")
+    hidden = [folder for folder in folders if folder.startswith(".")]
+    if hidden:
+        return f"skipped: inside hidden folder {hidden[0]}/"
+    return f"skipped: hidden file {name}"
 
 
 def _relative(paths: list[str], root: str) -> list[str]:

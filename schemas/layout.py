@@ -24,6 +24,7 @@ FORMAT = "advmix-latent-store"
 MANIFEST = "manifest.json"
 INDEX = "index.parquet"
 DEAD_LETTER = "dead_letter.parquet"
+SKIPPED = "skipped.parquet"  # listed inputs the job left out on purpose (hidden files)
 GROUP_METADATA = "zarr.json"
 # The plan (layout and provenance) the driver fixed at creation, in the root group's attributes.
 PLAN_ATTRIBUTE = "advmix_store"
@@ -55,6 +56,11 @@ def dead_letter_part_path(part: str) -> str:
             f"dead-letter part name {part!r} must be 1-128 letters, digits, '.', '_' or '-'"
         )
     return f"dead_letter/{part}.parquet"
+
+
+def screen_record_path(chunk: int) -> str:
+    """Where the screening of listing chunk ``chunk`` records which inputs it accepted."""
+    return f"screen/chunk-{chunk:05d}.json"
 
 
 def check_relpath(path: object) -> str:
@@ -219,3 +225,5 @@ class Layout:
 DEAD_LETTER_SCHEMA = pa.schema(
     [("id", pa.string()), ("source", pa.string()), ("reason", pa.string())]
 )
+# Same columns as the dead letters: what was left out, where it was, and why.
+SKIPPED_SCHEMA = DEAD_LETTER_SCHEMA

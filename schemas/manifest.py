@@ -132,6 +132,36 @@ class Provenance:
 
 
 @dataclass(frozen=True)
+class Accounting:
+    """Where every listed input went: encoded, rejected (dead letters) or skipped (hidden
+    files, kept in ``skipped.parquet``). The four add up; a store written before the job kept
+    this account has none."""
+
+    listed: int
+    encoded: int
+    rejected: int
+    skipped: int
+
+    def __post_init__(self) -> None:
+        values = (self.listed, self.encoded, self.rejected, self.skipped)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+            raise StoreError(f"accounting counts must be whole numbers >= 0, got {values}")
+        if self.encoded + self.rejected + self.skipped != self.listed:
+            raise StoreError(
+                f"accounting does not add up: listed {self.listed} != encoded {self.encoded} + "
+                f"rejected {self.rejected} + skipped {self.skipped}"
+            )
+
+    def to_dict(self) -> dict:
+        return {"listed": self.listed, "encoded": self.encoded, "rejected": self.rejected,
+                "skipped": self.skipped}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Accounting:
+        return cls(*(data[key] for key in ("listed", "encoded", "rejected", "skipped")))
+
+
+@dataclass(frozen=True)
 class Manifest:
     layout: Layout
     provenance: Provenance
@@ -142,6 +172,8 @@ class Manifest:
     index: ObjectEntry
     dead_letter: ObjectEntry
     num_dead_letters: int
+    accounting: Accounting | None = None
+    skipped: ObjectEntry | None = None  # skipped.parquet, where the job kept an account
 
     @property
     def schema_version(self) -> int:
@@ -151,7 +183,8 @@ class Manifest:
         """Every object the manifest vouches for, with its shard number (None for the rest)."""
         listed: list[tuple[int | None, ObjectEntry]] = [(None, o) for o in self.metadata]
         listed += [(s.index, o) for s in self.shards for o in s.objects]
-        return listed + [(None, self.index), (None, self.dead_letter)]
+        listed += [(None, self.index), (None, self.dead_letter)]
+        return listed + ([(None, self.skipped)] if self.skipped else [])
 
     def to_dict(self) -> dict:
         layout = self.layout
@@ -178,6 +211,8 @@ class Manifest:
             "index": self.index.to_dict(),
             "dead_letter": self.dead_letter.to_dict(),
             "shards": [s.to_dict() for s in self.shards],
+            **({"accounting": self.accounting.to_dict()} if self.accounting else {}),
+            **({"skipped": self.skipped.to_dict()} if self.skipped else {}),
         }
 
     def to_json(self) -> bytes:
@@ -216,6 +251,8 @@ def _from_dict(raw: dict[str, Any]) -> Manifest:
     shards = tuple(ShardEntry.from_dict(s) for s in raw["shards"])
     index = ObjectEntry.from_dict(raw["index"])
     dead_letter = ObjectEntry.from_dict(raw["dead_letter"])
+    skipped = ObjectEntry.from_dict(raw["skipped"]) if "skipped" in raw else None
+    accounting = Accounting.from_dict(raw["accounting"]) if "accounting" in raw else None
     layout = Layout.from_dict(raw)
     if raw.get("schema_version") != layout.schema_version:
         raise StoreError(f"manifest.json says schema version {raw.get('schema_version')!r}, but "
@@ -239,4 +276,6 @@ def _from_dict(raw: dict[str, Any]) -> Manifest:
         index=index,
         dead_letter=dead_letter,
         num_dead_letters=int(raw["num_dead_letters"]),
+        accounting=accounting,
+        skipped=skipped,
     )

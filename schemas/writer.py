@@ -6,6 +6,10 @@
     StoreWriter.open(url).write_shard(s, w=..., labels=..., rows={"id": [...], ...})
     writer.commit()                              # checks every shard, writes manifest.json last
 
+Before the store exists, a job may already write what it learns from screening its inputs:
+dead-letter parts (``write_dead_letter_part``) and records under ``screen/``; creating the store
+leaves them in place.
+
 A shard write replaces whole objects (never part of a shard: concurrent partial writes lose data,
 ``notes/ecosystem.md`` 2.3) and ends with a completion record holding the size and sha256 of
 every object it wrote. The same inputs give the same bytes, so retries and resumed runs produce
@@ -32,13 +36,15 @@ from schemas.layout import (
     INDEX,
     MANIFEST,
     PLAN_ATTRIBUTE,
+    SKIPPED,
+    SKIPPED_SCHEMA,
     Layout,
     dead_letter_part_path,
     index_part_path,
     record_path,
 )
 from schemas.lease import LEASE
-from schemas.manifest import Manifest, ObjectEntry, Provenance, ShardEntry
+from schemas.manifest import Accounting, Manifest, ObjectEntry, Provenance, ShardEntry
 from schemas.plan import make_plan, plan_parts, read_plan
 from schemas.shard_checks import (
     Rows,
@@ -49,6 +55,9 @@ from schemas.shard_checks import (
     texts,
 )
 from schemas.urls import Location
+
+# Written before the store is created (screening the inputs): creating it keeps them.
+STAGING = ("screen/", "dead_letter/")
 
 
 class StoreWriter:
@@ -87,7 +96,10 @@ class StoreWriter:
         plan = make_plan(layout, provenance)
         if overwrite:  # the job's own lease stays: it still holds the store
             location.delete_all(keep=(LEASE,))
-        existing = {rel: size for rel, size in location.list_objects().items() if rel != LEASE}
+        existing = {
+            rel: size for rel, size in location.list_objects().items()
+            if rel != LEASE and not rel.startswith(STAGING)
+        }  # fmt: skip
         if MANIFEST in existing:
             raise StoreError(
                 f"{location.display} is already a committed store; pass --overwrite to replace it"
@@ -212,26 +224,22 @@ class StoreWriter:
         Each worker uses its own part name (worker or bundle id); writing a part again replaces
         it, so retries do not duplicate rows. Returns the number of rows written.
         """
-        columns = columns_of(rows, "dead-letter rows")
-        unknown = set(columns) - set(DEAD_LETTER_SCHEMA.names)
-        if unknown:
-            raise StoreError(f"unknown dead-letter columns: {', '.join(sorted(unknown))}")
-        count = len(next(iter(columns.values()), []))
-        if any(len(values) != count for values in columns.values()):
-            raise StoreError("dead-letter columns have different lengths")
-        if "reason" not in columns or any(r is None or r == "" for r in columns["reason"]):
-            raise StoreError("every dead-letter row needs a non-empty reason")
-        arrays = [
-            pa.array(texts(columns.get(name, [None] * count), name, count), pa.string())
-            for name in DEAD_LETTER_SCHEMA.names
-        ]
-        table = pa.Table.from_arrays(arrays, schema=DEAD_LETTER_SCHEMA)
-        self.location.write(dead_letter_part_path(part), parquet_bytes(table))
-        return count
+        return write_dead_letter_part(self.location, part, rows)
 
-    def commit(self, *, code_version: str | None = None) -> Manifest:
+    def commit(
+        self,
+        *,
+        code_version: str | None = None,
+        listed: int | None = None,
+        skipped: Rows | None = None,
+    ) -> Manifest:
         """Check that every shard is complete, merge the index and dead letters, write the
-        manifest last and atomically. Committing again rewrites the same manifest (new time)."""
+        manifest last and atomically. Committing again rewrites the same manifest (new time).
+
+        ``listed`` (how many inputs the job listed) and ``skipped`` (the rows of those it left
+        out on purpose: ``id``, ``source``, ``reason``) make the manifest keep the job's
+        accounting and ``skipped.parquet``; the counts must add up or nothing is committed.
+        """
         records = self._complete_records()
         missing = [s for s in range(self.num_shards) if s not in records]
         if missing:
@@ -245,6 +253,13 @@ class StoreWriter:
         index_entry = ObjectEntry.of(INDEX, index)
         self.location.write(INDEX, index)
         dead, num_dead = self._merged_dead_letters()
+        accounting, skipped_entry = None, None
+        if listed is not None:
+            table = rows_table(skipped or [], SKIPPED_SCHEMA, "skipped rows")
+            accounting = Accounting(listed, self.layout.num_samples, num_dead, table.num_rows)
+            skipped_bytes = parquet_bytes(table)
+            skipped_entry = ObjectEntry.of(SKIPPED, skipped_bytes)
+            self.location.write(SKIPPED, skipped_bytes)
         dead_entry = ObjectEntry.of(DEAD_LETTER, dead)
         self.location.write(DEAD_LETTER, dead)
         metadata = tuple(
@@ -261,6 +276,8 @@ class StoreWriter:
             index=index_entry,
             dead_letter=dead_entry,
             num_dead_letters=num_dead,
+            accounting=accounting,
+            skipped=skipped_entry,
         )
         self.location.write_atomic(MANIFEST, manifest.to_json())
         return manifest
@@ -305,6 +322,30 @@ class StoreWriter:
         tables = [t.cast(DEAD_LETTER_SCHEMA) for t in tables] or [DEAD_LETTER_SCHEMA.empty_table()]
         merged = pa.concat_tables(tables)
         return parquet_bytes(merged), merged.num_rows
+
+
+def write_dead_letter_part(location: Location, part: str, rows: Rows) -> int:
+    """Rejected inputs (``id``, ``source``, ``reason``) as dead-letter part ``part``, whether or
+    not the store exists yet; rewriting a part replaces it. Returns the number of rows."""
+    table = rows_table(rows, DEAD_LETTER_SCHEMA, "dead-letter rows")
+    location.write(dead_letter_part_path(part), parquet_bytes(table))
+    return table.num_rows
+
+
+def rows_table(rows: Rows, schema: pa.Schema, what: str) -> pa.Table:
+    """Text rows -> a table of ``schema``; every row needs a non-empty reason."""
+    columns = columns_of(rows, what)
+    unknown = set(columns) - set(schema.names)
+    if unknown:
+        raise StoreError(f"unknown {what.split()[0]} columns: {', '.join(sorted(unknown))}")
+    count = len(next(iter(columns.values()), []))
+    if any(len(values) != count for values in columns.values()):
+        raise StoreError(f"{what.split()[0]} columns have different lengths")
+    if count and ("reason" not in columns or any(r is None or r == "" for r in columns["reason"])):
+        raise StoreError(f"every {what.split()[0]} row needs a non-empty reason")
+    arrays = [pa.array(texts(columns.get(name, [None] * count), name, count), pa.string())
+              for name in schema.names]  # fmt: skip
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:

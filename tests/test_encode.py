@@ -131,6 +131,7 @@ def _messy_folder(root, images):
     (root / ".ipynb_checkpoints" / "a" / "0-checkpoint.png").write_bytes(_png(images[1]))
     (root / "b" / ".thumbs" / "t.png").write_bytes(_png(images[1]))
     (a / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (a / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS metadata twin
     (a / "1.gif").write_bytes(_encoded(images[1], "GIF"))
     (a / "2.tif").write_bytes(_encoded(images[2], "TIFF"))
     (b / "3").write_bytes(_png(images[3]))  # a PNG without an extension
@@ -149,9 +150,29 @@ def test_every_file_of_a_folder_is_encoded_dead_lettered_or_skipped(nets, tmp_pa
     gray16 = _messy_folder(tmp_path / "in", images)
     result = _encode_cli(*_args(nets, tmp_path / "out", source=str(tmp_path / "in")))
     assert result.returncode == 0, result.stderr[-2000:]
-    # 10 files: 6 images, a text file, 3 hidden ones; the summary adds up to them
-    assert "listed 10: encoded 6, rejected 1, skipped 3 hidden" in result.stdout, result.stdout
-    store = open_store(str(tmp_path / "out"))
+    # 11 files: 6 images, a text file, 4 hidden ones; the summary adds up to them
+    assert "listed 11: encoded 6, rejected 1, skipped 4 hidden" in result.stdout, result.stdout
+    store = open_store(str(tmp_path / "out"), full_check=True)
+    # the store itself keeps the account and names every skipped input, with its reason
+    accounting = store.manifest.accounting.to_dict()
+    assert accounting == {"listed": 11, "encoded": 6, "rejected": 1, "skipped": 4}
+    skipped = pq.read_table(tmp_path / "out" / "skipped.parquet").to_pylist()
+    assert [(row["id"], row["reason"]) for row in skipped] == [
+        (".ipynb_checkpoints/a/0-checkpoint.png", "skipped: inside hidden folder .ipynb_checkpoints/"),
+        ("a/.DS_Store", "skipped: hidden file .DS_Store"),
+        ("a/._0.png", "skipped: hidden file ._0.png"),
+        ("b/.thumbs/t.png", "skipped: inside hidden folder .thumbs/"),
+    ]  # fmt: skip
+    assert all(row["source"].endswith(row["id"]) for row in skipped)
+    info = subprocess.run([sys.executable, "-m", "cli.main", "store", "info", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert info.returncode == 0, info.stderr
+    assert "inputs       listed 11: encoded 6, rejected 1, skipped 4 (skipped.parquet)" in (
+        info.stdout
+    ), info.stdout
+    assert not (tmp_path / "out" / "screen").exists() or not any(
+        (tmp_path / "out" / "screen").iterdir()
+    )
     assert store.manifest.layout.label_names == ("a", "b")  # no class from a hidden folder
     assert store.dead_letters()[["id", "reason"]].values.tolist() == [
         ["b/notes.txt", "not an image Pillow can read"]
