@@ -223,3 +223,28 @@ def test_the_grayscale_oracle_sees_no_colour(raw):
     # what it sees: the item with its bright pixels at full intensity
     seen = np.pad(np.where(gray >= 128, 255, gray), ((0, 0), (2, 2), (2, 2))) / 255.0
     assert torch.allclose(oracle.prepare(red)[:, 0], torch.from_numpy(seen).float())
+
+
+@pytest.mark.slow
+def test_the_study_writes_the_table_and_results_from_its_records(tmp_path):
+    """studies.irm end to end on the fixture subset with a tiny generator: stores, the data
+    statistics, one seed of ERM and IRMv1, results-irm.json and the page."""
+    from studies.irm import IRMStudyConfig, run, write_docs
+
+    G = tiny_generator(tmp_path / "G.pt")
+    cfg = IRMStudyConfig("smoke", methods=("ERM", "IRMv1"), seeds=(0,), generator=str(G),
+                         encode_steps=1, encode_init="mean", epochs=1)  # fmt: skip
+    records, docs = tmp_path / "records", tmp_path / "docs"
+    docs.mkdir()
+    results = run(cfg, tmp_path / "out", records)
+    assert set(results["methods"]) == {"ERM", "IRMv1"}
+    assert results["methods"]["IRMv1"]["seeds"] == 1
+    assert 0 <= results["methods"]["ERM"]["test"] <= 1
+    data = json.loads((records / "data.json").read_text())
+    assert set(data["train"]) == {"env 0", "env 1"} and set(data["test"]) == {"test"}
+    assert data["train"]["env 0"]["n"] + data["train"]["env 1"]["n"] == len(load("irmcf:train"))
+    written = write_docs(records, docs)
+    assert json.loads((docs / "results-irm.json").read_text()) == written
+    text = (docs / "irm-benchmark.md").read_text()
+    assert "| IRMv1 |" in text and "python -m studies.irm --preset smoke" in text
+    assert "AdvMix has no row yet" in text

@@ -1,0 +1,242 @@
+"""IRM's Colored Fashion-MNIST benchmark: ERM, ERM on grey images, IRMv1, RandMix and AdvMix.
+
+    python -m studies.irm --preset baselines        # ERM, grey, IRMv1: ~2 h on 2 CPU cores
+    python -m studies.irm --preset cpu              # + RandMix, AdvMix with the shipped generator
+    python -m studies.irm --preset gpu --device cuda  # a StyleGAN2 trained on irmcf:train first
+    python -m studies.irm --page-only               # docs/ rewritten from docs/records/irm
+
+The data is ``irmcf:`` (``advmix/irmcf.py``), built as Ahuja et al. (2020) built it. One store
+per split is encoded with the Beam job and serves every method and seed; the ``env`` column of
+the training store's index gives IRMv1 its environments. Every step is skipped when its output
+exists, so a stopped study continues (training runs resume from their checkpoints). Each
+evaluated run leaves its records (``run.json``, ``eval.json``) in ``docs/records/irm/<preset>``,
+from which ``docs/results-irm.json`` and ``docs/irm-benchmark.md`` are written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from advmix import shipped
+from cli.main import main as advmix_cli
+from studies.study import say
+
+# Name in results-irm.json -> advmix train options (same classifier, epochs and batch for all).
+METHODS = {
+    "ERM": ("--method", "nominal"),
+    "ERM-grayscale": ("--method", "nominal", "--grayscale"),
+    "IRMv1": ("--method", "irm"),
+    "RandMix": ("--method", "randmix"),
+    "AdvMix": ("--method", "advmix"),
+}
+RECORDS = Path("docs/records/irm")
+
+
+@dataclass(frozen=True)
+class IRMStudyConfig:
+    preset: str
+    methods: tuple[str, ...] = tuple(METHODS)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    data_seed: int = 0  # the irmcf draws (label noise, colours, environments), fixed for all runs
+    generator: str = str(shipped.GENERATOR)
+    gan_iterations: int = 0  # > 0: train a StyleGAN2 on irmcf:train first and use it
+    encode_steps: int = 10
+    encode_init: str = "encoder"  # "encoder": the shipped encoder's start (shipped G only)
+    epochs: int = 2
+    batch_size: int = 64
+    attack_steps: int = 5
+    device: str = "cpu"
+
+
+PRESETS = {
+    # Methods that never read the styles: a store encoded with one step serves them, its
+    # images being the exact irmcf images.
+    "baselines": IRMStudyConfig(
+        "baselines", methods=("ERM", "ERM-grayscale", "IRMv1"), encode_steps=1
+    ),  # fmt: skip
+    "cpu": IRMStudyConfig("cpu", encode_steps=10, attack_steps=3),
+    "gpu": IRMStudyConfig(
+        "gpu", gan_iterations=30000, encode_steps=100, encode_init="mean", epochs=10, device="cuda"
+    ),  # fmt: skip
+}
+
+
+def spec(split: str, cfg: IRMStudyConfig) -> str:
+    return f"irmcf:{split}" + (f"?seed={cfg.data_seed}" if cfg.data_seed else "")
+
+
+def generator(cfg: IRMStudyConfig, out: Path) -> str:
+    """The shipped generator, or one trained without labels on irmcf:train with its k chosen
+    by ``advmix gan evaluate``."""
+    if not cfg.gan_iterations:
+        return cfg.generator
+    chosen = out / "gan" / "G.pt"
+    if chosen.exists():
+        return str(chosen)
+    run = out / "gan" / "run"
+    resume = ["--resume"] if (run / "checkpoint.pt").exists() else []
+    say(f"training a StyleGAN2 on {spec('train', cfg)} -> {run}")
+    advmix_cli(["gan", "train", "--dataset", spec("train", cfg), "--out", str(run),
+                "--iterations", str(cfg.gan_iterations), "--device", cfg.device,
+                "--no-progress", *resume])  # fmt: skip
+    snapshot = run / f"network-snapshot-{cfg.gan_iterations:06d}.pt"
+    advmix_cli(["gan", "evaluate", "--generator", str(snapshot), "--grids", str(out / "gan"),
+                "--write-k", str(chosen)])  # fmt: skip
+    return str(chosen)
+
+
+def encode(cfg: IRMStudyConfig, split: str, G: str, out: Path) -> Path:
+    store = out / "stores" / f"steps{cfg.encode_steps}-{cfg.encode_init}" / split
+    if (store / "manifest.json").exists():
+        say(f"reusing the store {store}")
+        return store
+    from pipeline.encode import configure_logging
+    from pipeline.encode import run as encode_job
+
+    init = (["--init", "encoder", "--encoder", str(shipped.ENCODER)]
+            if cfg.encode_init == "encoder" else [])  # fmt: skip
+    say(f"encoding {spec(split, cfg)} into {store}")
+    configure_logging()
+    counts = encode_job(["--input", spec(split, cfg), "--output", str(store), "--generator", G,
+                         "--features", str(shipped.FEATURES), "--steps", str(cfg.encode_steps),
+                         "--batch-size", "64", "--shard-size", "1024", "--device", cfg.device,
+                         *init])  # fmt: skip
+    say(f"encoded {counts['encoded']}, rejected {counts['rejected']}")
+    return store
+
+
+def store_statistics(store: Path) -> dict:
+    """What the construction should give, measured on a store's own images, labels and env
+    column: per environment, its size, the share of positives and of images whose colour
+    agrees with their label."""
+    import numpy as np
+
+    from advmix.irmcf import colour_of
+    from schemas.reader import open_store
+
+    reader = open_store(str(store))
+    shards = [reader.read_shard(i) for i in range(reader.num_shards)]
+    labels = np.concatenate([s.labels for s in shards])
+    colours = np.concatenate([colour_of(s.images) for s in shards])
+    has_env = "env" in (reader.attribute_names or ())
+    envs = (np.concatenate([s.attributes[:, reader.attribute_names.index("env")] for s in shards])
+            if has_env else np.zeros(len(labels), dtype=int))  # fmt: skip
+    out = {}
+    for env in np.unique(envs):
+        mine = envs == env
+        key = f"env {int(env)}" if has_env else "test"
+        out[key] = {"n": int(mine.sum()), "positives": round(float(labels[mine].mean()), 4),
+                    "colour_agrees": round(float((colours[mine] == labels[mine]).mean()), 4),
+                    "colourless": int((colours[mine] < 0).sum())}  # fmt: skip
+    return out
+
+
+def train_and_evaluate(cfg: IRMStudyConfig, method: str, seed: int, G: str, store: Path,
+                       run_dir: Path, records: Path) -> dict:  # fmt: skip
+    model = run_dir / "classifier.pt"
+    if not model.exists():
+        say(f"training {method}, seed {seed} -> {run_dir}")
+        resume = ["--resume"] if (run_dir / "checkpoint.pt").exists() else []
+        advmix_cli(["train", "--store", str(store), "--generator", G, *METHODS[method],
+                    "--epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size),
+                    "--attack-steps", str(cfg.attack_steps), "--seed", str(seed),
+                    "--device", cfg.device, "--no-progress", "--out", str(run_dir),
+                    *resume])  # fmt: skip
+    result = run_dir / "eval.json"
+    if not result.exists():
+        advmix_cli(["evaluate", "--checkpoint", str(model), "--data", spec("train", cfg),
+                    "--data", spec("test", cfg), "--device", cfg.device,
+                    "--json-out", str(result)])  # fmt: skip
+    records.mkdir(parents=True, exist_ok=True)
+    for name in ("run.json", "eval.json"):
+        shutil.copyfile(run_dir / name, records / name)
+    return accuracies(records)
+
+
+def accuracies(records: Path) -> dict:
+    """{"train": .., "test": ..} of one run's eval.json."""
+    rows = json.loads((records / "eval.json").read_text())["results"]
+    return {row["data"].split(":")[1].split("?")[0]: row["accuracy"] for row in rows}
+
+
+def collect(records: Path, methods=tuple(METHODS)) -> dict:
+    """results-irm.json's content: per method the mean (and std over seeds) of the train and
+    test accuracies of every evaluated run under ``records/<method>/seed-<s>``."""
+    out = {}
+    for method in methods:
+        runs = [accuracies(p.parent) for p in sorted((records / method).glob("seed-*/eval.json"))]
+        if not runs:
+            continue
+        row = {}
+        for split in ("train", "test"):
+            values = [r[split] for r in runs]
+            row[split] = round(statistics.fmean(values), 4)
+            row[f"{split}_std"] = round(statistics.pstdev(values), 4)
+        out[method] = {**row, "seeds": len(runs)}
+    return {"methods": out}
+
+
+def run(cfg: IRMStudyConfig, out: Path, records: Path) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "irm-config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    G = generator(cfg, out)
+    stores = {split: encode(cfg, split, G, out) for split in ("train", "test")}
+    records.mkdir(parents=True, exist_ok=True)
+    data = {split: store_statistics(store) for split, store in stores.items()}
+    (records / "data.json").write_text(json.dumps(data, indent=2) + "\n")
+    for seed in cfg.seeds:  # seeds outermost: a stopped study has every method at equal seeds
+        for method in cfg.methods:
+            acc = train_and_evaluate(cfg, method, seed, G, stores["train"],
+                                     out / "runs" / method / f"seed-{seed}",
+                                     records / method / f"seed-{seed}")  # fmt: skip
+            say(f"{method:>14} seed {seed}: train {acc['train']:.4f}, test {acc['test']:.4f}")
+    (records / "irm-config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    return collect(records)
+
+
+def write_docs(records: Path, docs: Path = Path("docs")) -> dict:
+    from studies.irm_page import page
+
+    results = collect(records)
+    if not results["methods"]:
+        sys.exit(f"Error: no evaluated runs under {records}/<method>/seed-<s>/eval.json")
+    config = json.loads((records / "irm-config.json").read_text())
+    results["preset"] = config["preset"]
+    (docs / "results-irm.json").write_text(json.dumps(results, indent=2) + "\n")
+    (docs / "irm-benchmark.md").write_text(page(results, config, records))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=tuple(PRESETS), default="baselines")
+    parser.add_argument("--out", type=Path, default=Path("runs/irm"))
+    parser.add_argument("--records", type=Path, default=None,
+                        help=f"run records [default: {RECORDS}/<preset>]")  # fmt: skip
+    parser.add_argument("--seeds", type=int, default=None, help="first N seeds of the preset's 5")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    parser.add_argument("--page-only", action="store_true",
+                        help="rewrite docs/results-irm.json and docs/irm-benchmark.md")  # fmt: skip
+    args = parser.parse_args()
+    cfg = PRESETS[args.preset]
+    if args.seeds is not None:
+        cfg = replace(cfg, seeds=cfg.seeds[: max(1, args.seeds)])
+    if args.epochs is not None:
+        cfg = replace(cfg, epochs=args.epochs)
+    if args.device is not None:
+        cfg = replace(cfg, device=args.device)
+    records = args.records or RECORDS / cfg.preset
+    if not args.page_only:
+        run(cfg, args.out / cfg.preset, records)
+    print(json.dumps(write_docs(records), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""docs/irm-benchmark.md, written by ``python -m studies.irm`` from its run records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# Arjovsky et al. (2019), Colored MNIST (digits, not Fashion-MNIST; 2x-subsampled 14x14 images,
+# an MLP, full-batch steps): mean and std over 10 restarts as their reference code printed
+# them, github.com/facebookresearch/InvariantRiskMinimization,
+# code/colored_mnist/reproduce_paper_results_output.txt (the paper's table rounds these).
+ARJOVSKY_MNIST = (
+    ("ERM", 0.8739, 0.0019, 0.1707, 0.0067),
+    ("IRMv1", 0.7081, 0.0093, 0.6690, 0.0254),
+    ("ERM-grayscale (oracle)", 0.7350, 0.0019, 0.7301, 0.0047),
+)
+SOURCE = "github.com/IBM/OoD, IRM_games/data_construct.py, class assemble_data_mnist_fashion"
+
+
+def _cell(mean: float, std: float) -> str:
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def _settings(records: Path) -> dict:
+    """The training settings of one recorded run (every run shares them but method and seed)."""
+    for path in sorted(records.glob("*/seed-*/run.json")):
+        return json.loads(path.read_text())["config"]
+    return {}
+
+
+def _data_lines(records: Path) -> list[str]:
+    path = records / "data.json"
+    if not path.exists():
+        return ["(no data.json in the records: the study writes it when it encodes the stores)"]
+    data = json.loads(path.read_text())
+    lines = ["| split | environment | images | positives | colour agrees with label | "
+             "no colour |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for split, envs in data.items():
+        for env, row in envs.items():
+            lines.append(f"| {split} | {env} | {row['n']} | {100 * row['positives']:.1f}% | "
+                         f"{100 * row['colour_agrees']:.1f}% | {row['colourless']} |")  # fmt: skip
+    return lines
+
+
+def page(results: dict, config: dict, records: Path) -> str:
+    preset, rows = config["preset"], results["methods"]
+    s = _settings(records)
+    command = f"python -m studies.irm --preset {preset}"
+    table = ["| method | train accuracy (%) | test accuracy (%) | seeds | source |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for name, row in rows.items():
+        table.append(f"| {name} | {_cell(row['train'], row['train_std'])} | "
+                     f"{_cell(row['test'], row['test_std'])} | {row['seeds']} | ours: "
+                     f"`{command}` |")  # fmt: skip
+    table.append("| optimal invariant predictor | 75 | 75 | | the construction's label noise |")
+    for name, train, train_std, test, test_std in ARJOVSKY_MNIST:
+        table.append(f"| {name}, **Colored MNIST** | {_cell(train, train_std)} | "
+                     f"{_cell(test, test_std)} | 10 | Arjovsky et al. 2019 (reference code's "
+                     "output) |")  # fmt: skip
+    missing = [m for m in ("ERM", "ERM-grayscale", "IRMv1", "RandMix", "AdvMix") if m not in rows]
+    verdict = _verdict(rows)
+    return "\n".join([
+        "# IRM's Colored Fashion-MNIST: ERM, grey, IRMv1 and AdvMix side by side",
+        "",
+        "A benchmark someone else built, built exactly as they built it: Colored Fashion-MNIST of",
+        "Ahuja et al., *Invariant Risk Minimization Games* (ICML 2020), from their code",
+        f"({SOURCE}; environments and test as in their notebook",
+        "`IRM_games_jmtd_illustration_notebook.ipynb`). Our construction is",
+        "`advmix/irmcf.py`, dataset specs `irmcf:train` and `irmcf:test`:",
+        "",
+        "- Fashion-MNIST without class 8 (bag); label 1 for sandal, sneaker, ankle boot, else 0,",
+        "  flipped with probability 0.25 (test included): the best shape-only predictor scores 75%.",
+        "- colour = label flipped with probability p_e, red (1) or green (0): pixels above 0.5",
+        "  become 1 in the colour's channel and 0 in the other; pixels at or below 0.5 keep their",
+        "  grey value in both.",
+        "- two training environments, a shuffled half each: p_e 0.2 (`env` 0) and 0.1 (`env` 1);",
+        "  test: the test images with p_e 0.9, where colour mostly misleads.",
+        "",
+        "What we changed, and why: every draw is seeded (the original is unseeded); each",
+        "environment keeps Fashion-MNIST's order (the original lists red images before green), so",
+        "`limit`/`offset` slices are unbiased; `irmcf:train` lists environment 0 first; images are",
+        "32x32 RGB (28x28 padded with black, blue channel 0) where the original has 28x28 with",
+        "two channels. The environment reaches training as the `env` column of the store's",
+        "`index.parquet`, read by `advmix train --method irm` like any label.",
+        "",
+        "## The data, measured on our stores",
+        "",
+        f"From the stores the study encoded (`{command}`, data seed {config['data_seed']}), with",
+        "the colour read from each image's pixels (`advmix.irmcf.colour_of`):",
+        "",
+        *_data_lines(records),
+        "",
+        "## Results",
+        "",
+        f"Preset `{preset}`: {len(config['seeds'])} training seeds "
+        f"({', '.join(map(str, config['seeds']))}), mean ± std over seeds; train accuracy on all",
+        "training images (both environments, noisy labels), test accuracy on the 9,000 test",
+        "images. Written by `" + command + "`; `python -m studies.irm --page-only --preset "
+        f"{preset}` rewrites this page and `docs/results-irm.json` from `docs/records/irm/{preset}`.",
+        "",
+        *table,
+        "",
+        verdict,
+        "",
+        "Rows marked **Colored MNIST** are digits, not Fashion-MNIST: the original IRM benchmark,",
+        "for scale only. The IRM-games paper's own Colored Fashion-MNIST table (ERM, IRM,",
+        "F-IRM and V-IRM games) could not be read in the session that wrote this page and is not",
+        "copied here from memory: see Table 2 of Ahuja et al. 2020 beside these rows.",
+        "",
+        "## Setup, and what differs from the published one",
+        "",
+        f"- Same classifier and budget for every method: `{s.get('arch', 'smallcnn')}` "
+        f"(width {s.get('width', '?')}), Adam lr {s.get('lr', '?')}, weight decay "
+        f"{s.get('weight_decay', '?')}, batch {s.get('batch_size', '?')}, {s.get('epochs', '?')} "
+        "epochs over both environments pooled (RandMix and AdvMix train on the nominal batch and",
+        "  its mixes). The published runs use MLPs (390 hidden units; IRM games: dropout 0.75),",
+        "  and Arjovsky et al. full-batch steps (501) with hyper-parameters searched per method.",
+        f"- IRMv1: penalty weight 1 for the first {s.get('irm_anneal_steps', '?')} steps, then "
+        f"{s.get('irm_penalty_weight', '?')}, the loss divided by that weight",
+        "  (their Colored MNIST values and rescaling), penalty and risk averaged over the",
+        "  environments of each mini-batch. Their steps are full-batch; ours are mini-batches of",
+        "  the pooled data, so annealing ends within the first epoch. Their L2 term (0.0011,",
+        "  also divided by the weight) is not part of our loss (`--weight-decay` is Adam's, not",
+        "  rescaled). No per-method hyper-parameter search was run here.",
+        "- ERM-grayscale is `--grayscale`: the classifier sees the maximum over RGB, identical for",
+        "  the red and the green version of an item (`tests/test_irm.py`).",
+        "- The data is drawn once (data seed above) and shared by all training seeds; Arjovsky",
+        "  et al. redraw colours each restart.",
+        "",
+        "## Not measured yet",
+        "",
+        *([f"- {', '.join(missing)}: not run in preset `{preset}`."] if missing else []),
+        "- AdvMix and RandMix need a StyleGAN2 that can draw these images. The shipped generator",
+        "  (`advmix/assets/cfmnist-G.pt`) was trained on `cfmnist:train-random` (items times a",
+        "  random full-brightness hue), not on irmcf's thresholded red/green items with grey",
+        "  dim pixels; `python -m studies.irm --preset gpu --device cuda` trains one on",
+        "  `irmcf:train` without labels (`advmix gan train --dataset irmcf:train`), chooses its k",
+        "  with `advmix gan evaluate --write-k`, and runs all five methods. `advmix gan train`",
+        "  cannot start from the shipped weights (it has no option to), so fine-tuning is not an",
+        "  option today.",
+        "",
+    ])  # fmt: skip
+
+
+def _verdict(rows: dict) -> str:
+    if "AdvMix" not in rows:
+        return ("AdvMix has no row yet, so whether it reaches IRMv1's test accuracy and 0.70 "
+                "is not known: see *Not measured yet*.")  # fmt: skip
+    adv, irm = rows["AdvMix"]["test"], rows.get("IRMv1", {}).get("test")
+    ok = adv >= 0.70 and (irm is None or adv >= irm)
+    return (f"AdvMix, which uses no environment labels, scores {100 * adv:.1f}% at test"
+            + (f" against IRMv1's {100 * irm:.1f}%" if irm is not None else "")
+            + (": at least IRMv1 and at least 70%." if ok else
+               ": short of IRMv1's accuracy or of 70%."))  # fmt: skip
