@@ -18,6 +18,16 @@ Architecture (``Encoder``):
   shallow high-resolution ones). The heads start at zero and add to the generator's ``w_avg``,
   so an untrained encoder predicts exactly the mean style: Algorithm 1's own initialisation.
 
+Two kinds (``EncoderConfig.kind``, one class each, ``ENCODER_KINDS``):
+- ``direct`` (``Encoder``): the one pass above.
+- ``iterative`` (``IterativeEncoder``, ReStyle-style): a direct encoder's prediction, then
+  ``passes`` refinement passes. Each pass decodes the current styles and a second trunk of the
+  same design reads the image and that reconstruction side by side (2C channels) and predicts
+  a residual added to the styles. A pass costs one synthesis forward and two small convnets,
+  far less than an optimisation step (two syntheses and two VGG passes, forward and
+  backward), and it corrects the errors that the direct pass makes consistently. It needs the
+  generator at prediction time: ``attach(G)`` before calling it (``load_encoder`` callers do).
+
 Files: ``save_encoder`` / ``load_encoder`` write and read a tensors-only checkpoint (config as
 JSON, weights, a content fingerprint, the fingerprint of the generator it was trained for).
 """
@@ -43,7 +53,8 @@ from advmix.checkpoints import (
 )
 
 ENCODER_FORMAT = "advmix-encoder"
-ENCODER_VERSION = 1
+ENCODER_VERSION = 2  # 2 adds the iterative kind; version 1 files are direct encoders
+READABLE_VERSIONS = (1, 2)
 _SLOPE = 0.2
 
 
@@ -57,6 +68,8 @@ class EncoderConfig:
     img_channels: int = 3
     width: int = 32  # channels at full resolution; doubled per halving
     max_width: int = 256
+    kind: str = "direct"  # a key of ENCODER_KINDS
+    passes: int = 0  # refinement passes of the iterative kind
 
     def __post_init__(self) -> None:
         res = self.resolution
@@ -66,6 +79,20 @@ class EncoderConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.kind not in KIND_PASSES:
+            raise ValueError(
+                f"encoder kind must be one of {sorted(KIND_PASSES)}, got {self.kind!r}"
+            )
+        low, high = KIND_PASSES[self.kind]
+        if not (isinstance(self.passes, int) and low <= self.passes <= high):
+            raise ValueError(
+                f"the {self.kind} kind takes {low}..{high} passes, got {self.passes!r}"
+            )
+
+    def trunk(self, img_channels: int | None = None) -> EncoderConfig:
+        """The config of one direct trunk of this encoder (``img_channels`` inputs)."""
+        channels = self.img_channels if img_channels is None else img_channels
+        return dataclasses.replace(self, kind="direct", passes=0, img_channels=channels)
 
     @property
     def trunk_resolutions(self) -> list[int]:
@@ -84,7 +111,10 @@ class EncoderConfig:
         return max(4, min(res, self.resolution))
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if self.kind == "direct":  # direct configs serialise (and fingerprint) as in version 1
+            del data["kind"], data["passes"]
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -102,6 +132,10 @@ class EncoderConfig:
         if missing:
             raise ValueError(f"encoder config lacks {missing}")
         return cls(**data)
+
+
+# Allowed passes per kind; the kinds' classes are in ENCODER_KINDS, after them.
+KIND_PASSES = {"direct": (0, 0), "iterative": (1, 16)}
 
 
 class _DownBlock(nn.Module):
@@ -158,7 +192,15 @@ class Encoder(nn.Module):
     def w_dim(self) -> int:
         return self.cfg.w_dim
 
+    def attach(self, G) -> Encoder:
+        """A direct encoder needs no generator to predict; here for the common interface."""
+        return self
+
     def forward(self, images: Tensor) -> Tensor:
+        return self.w_avg + self.offsets(images)
+
+    def offsets(self, images: Tensor) -> Tensor:
+        """The heads' outputs [B, num_ws, w_dim], before the base they are added to."""
         cfg = self.cfg
         expected = (cfg.img_channels, cfg.resolution, cfg.resolution)
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
@@ -176,7 +218,63 @@ class Encoder(nn.Module):
             head(torch.cat([code, pooled[cfg.style_resolution(i)]], dim=1))
             for i, head in enumerate(self.heads)
         ]
-        return self.w_avg + torch.stack(offsets, dim=1)
+        return torch.stack(offsets, dim=1)
+
+
+class IterativeEncoder(nn.Module):
+    """A direct ``base`` pass, then ``passes`` residual passes of ``refiner`` (module
+    docstring). The refiner's heads start at zero, so an untrained refiner keeps the base's
+    prediction."""
+
+    def __init__(self, cfg: EncoderConfig, w_avg: Tensor | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.base = Encoder(cfg.trunk(), w_avg=w_avg)
+        self.refiner = Encoder(cfg.trunk(2 * cfg.img_channels))
+        self._generator: list = []  # a list, so the generator is not a submodule of ours
+
+    @property
+    def num_ws(self) -> int:
+        return self.cfg.num_ws
+
+    @property
+    def w_dim(self) -> int:
+        return self.cfg.w_dim
+
+    @property
+    def w_avg(self) -> Tensor:
+        return self.base.w_avg
+
+    def attach(self, G) -> IterativeEncoder:
+        """Use generator ``G`` (the one this encoder was trained for) to decode between passes."""
+        if (G.num_ws, G.w_dim) != (self.cfg.num_ws, self.cfg.w_dim):
+            raise ValueError(f"the generator's styles are [{G.num_ws}, {G.w_dim}], this encoder "
+                             f"predicts [{self.cfg.num_ws}, {self.cfg.w_dim}]")  # fmt: skip
+        self._generator = [G]
+        return self
+
+    def refine(self, images: Tensor, ws: Tensor, reconstruction: Tensor) -> Tensor:
+        """One pass: ``ws`` plus the refiner's residual for ``images`` beside their current
+        ``reconstruction``."""
+        return ws + self.refiner.offsets(torch.cat([images, reconstruction], dim=1))
+
+    def forward(self, images: Tensor, passes: int | None = None) -> Tensor:
+        if not self._generator:
+            raise RuntimeError("an iterative encoder needs its generator: call attach(G) first")
+        G = self._generator[0]
+        ws = self.base(images)
+        for _ in range(self.cfg.passes if passes is None else passes):
+            reconstruction = G.synthesis(ws, noise_mode="const").to(ws.dtype)
+            ws = self.refine(images.to(ws.dtype), ws, reconstruction)
+        return ws
+
+
+ENCODER_KINDS: dict[str, type[nn.Module]] = {"direct": Encoder, "iterative": IterativeEncoder}
+
+
+def build_encoder(cfg: EncoderConfig, w_avg: Tensor | None = None) -> nn.Module:
+    """An encoder of ``cfg.kind``."""
+    return ENCODER_KINDS[cfg.kind](cfg, w_avg=w_avg)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,11 +303,13 @@ def perceptual_distance(
 # Files
 
 
-def encoder_fingerprint(E: Encoder) -> str:
+def encoder_fingerprint(E: Encoder | IterativeEncoder) -> str:
     return state_fingerprint(E.cfg.to_json(), E.state_dict())
 
 
-def save_encoder(E: Encoder, path, generator_fingerprint: str, extra: dict | None = None) -> str:
+def save_encoder(
+    E: Encoder | IterativeEncoder, path, generator_fingerprint: str, extra: dict | None = None
+) -> str:
     """Write config + weights (tensors only) atomically; returns the content fingerprint.
 
     ``generator_fingerprint`` names the generator whose styles the encoder predicts, so a user
@@ -229,18 +329,19 @@ def save_encoder(E: Encoder, path, generator_fingerprint: str, extra: dict | Non
     return fingerprint
 
 
-def load_encoder(path, map_location="cpu") -> tuple[Encoder, dict]:
+def load_encoder(path, map_location="cpu") -> tuple[Encoder | IterativeEncoder, dict]:
     """(encoder in eval mode, frozen; {"fingerprint", "generator_fingerprint", "extra"}).
+    An iterative encoder still needs ``attach(G)`` before it predicts.
 
     Every problem is a one-line CheckpointError starting with the path."""
     data = safe_load(path, map_location="cpu", what="encoder checkpoint")
     if not isinstance(data, dict) or data.get("format") != ENCODER_FORMAT:
         what = "a generator checkpoint, not" if _format(data) == GENERATOR_FORMAT else "not"
         raise CheckpointError(f"{path}: {what} an advmix encoder checkpoint")
-    if data.get("version") != ENCODER_VERSION:
+    if data.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(
             f"{path}: encoder checkpoint version {data.get('version')!r} is not supported "
-            f"(expected {ENCODER_VERSION})"
+            f"(expected one of {list(READABLE_VERSIONS)})"
         )
     try:
         cfg = EncoderConfig.from_dict(json.loads(data["config"]))
@@ -255,7 +356,7 @@ def load_encoder(path, map_location="cpu") -> tuple[Encoder, dict]:
     except (KeyError, TypeError, ValueError) as exc:
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path}: malformed encoder checkpoint ({reason})") from None
-    E = Encoder(cfg)
+    E = build_encoder(cfg)
     try:
         E.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -96,7 +96,7 @@ def run(
 
 
 def equal_quality(num_images: int = 64, mean_steps: int = 100, encoder_steps: int = 40,
-                  device: str = "cpu") -> dict:  # fmt: skip
+                  device: str = "cpu", encoder_path=None) -> dict:  # fmt: skip
     """Images/s and PSNR of the mean start at ``mean_steps`` and the shipped encoder's start
     at ``encoder_steps``, same images, one run. The defaults are docs/encoding.md's point of
     equal quality: from 40 steps on, the encoder's start matches or beats 100 steps from the
@@ -109,8 +109,10 @@ def equal_quality(num_images: int = 64, mean_steps: int = 100, encoder_steps: in
     images = (images / 127.5 - 1.0).to(device)
     G = load_generator(SHIPPED, map_location=device)
     features = load_features("cfmnist", device=device)
-    encoder, _ = load_encoder(shipped.ENCODER, map_location=device)
-    out = {"images": num_images}
+    encoder, _ = load_encoder(encoder_path or shipped.ENCODER, map_location=device)
+    encoder.attach(G)
+    out = {"images": num_images, "encoder_kind": encoder.cfg.kind,
+           "encoder_passes": encoder.cfg.passes}  # fmt: skip
     for name, steps, lr in (("mean", mean_steps, 0.2), ("encoder", encoder_steps, 0.02)):
         cfg = InversionConfig(steps=steps, k=G.cfg.k, lr=lr, init=name)
         started = time.perf_counter()

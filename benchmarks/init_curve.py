@@ -4,9 +4,11 @@ For each init (the mean style, as in the paper; an amortised encoder's predictio
 step count, Algorithm 1 (mixing loss included) inverts the same real images, and we measure
 what the store would hold: reconstruction PSNR, the rate at which the shipped colour-blind
 classifier gives the true class to the reconstruction and to a mix with random fine styles,
-and images/s (the encoder's forward pass included). Needs the full Fashion-MNIST:
+and images/s (the encoder's passes included: an iterative encoder decodes between them).
+Needs the full Fashion-MNIST:
 
     python -m benchmarks.init_curve --encoder advmix/assets/cfmnist-E.pt --out curve.json
+    python -m benchmarks.init_curve --images 128 --offset 5000 --steps 0,2,5,10 --out c.json
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ from advmix.inversion import InversionConfig, invert, mean_style
 from advmix.perceptual import load_features
 from advmix.stylegan import decode, seeded_z
 
-STEPS = (0, 5, 10, 20, 40, 100)
+STEPS = (0, 2, 5, 10, 20, 40, 100)
+WARM_START_LR = 0.02  # Adam's rate from an encoder's start (pipeline.encode's default)
 
 
 def measure_point(G, features, classifier, encoder, images, labels, steps: int, batch: int,
-                  encoder_lr: float = 0.02):  # fmt: skip
+                  encoder_lr: float = WARM_START_LR):  # fmt: skip
     """Quality and images/s of one (init, steps) point over all ``images``."""
     init = "encoder" if encoder else "mean"
     lr = encoder_lr if encoder is not None else 0.2
@@ -64,19 +67,23 @@ def measure_point(G, features, classifier, encoder, images, labels, steps: int, 
 
 
 def run(encoder_path: str, num_images: int = 512, batch: int = 64, steps=STEPS,
-        inits=("mean", "encoder"), encoder_lr: float = 0.02) -> dict:  # fmt: skip
+        inits=("mean", "encoder"), encoder_lr: float = WARM_START_LR, offset: int = 0,
+        ) -> dict:  # fmt: skip
     torch.manual_seed(0)
     G = load_generator(shipped.GENERATOR)
     features = load_features("cfmnist")
     classifier, _ = load_classifier(shipped.GRAY_CLASSIFIER)
     encoder, info = load_encoder(encoder_path)
-    data = load(f"cfmnist:iid?limit={num_images}")
+    encoder.attach(G)
+    spec = f"cfmnist:iid?limit={num_images}" + (f"&offset={offset}" if offset else "")
+    data = load(spec)
     images = torch.from_numpy(data.images).float() / 127.5 - 1.0
     labels = torch.from_numpy(data.labels)
     with torch.no_grad():
         originals = predict(classifier, (images + 1) / 2)
-    out = {"images": f"cfmnist:iid?limit={num_images}", "batch": batch, "k": G.cfg.k,
+    out = {"images": spec, "batch": batch, "k": G.cfg.k,
            "threads": torch.get_num_threads(), "encoder": info["fingerprint"],
+           "encoder_kind": encoder.cfg.kind, "encoder_passes": encoder.cfg.passes,
            "classifier_on_originals": round(float((originals == labels).float().mean()), 4),
            "encoder_lr": encoder_lr}  # fmt: skip
     for name, enc in (("mean", None), ("encoder", encoder)):
@@ -95,14 +102,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoder", default=str(shipped.ENCODER))
     parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--offset", type=int, default=0, help="first test image")
     parser.add_argument("--steps", default=",".join(map(str, STEPS)))
     parser.add_argument("--inits", default="mean,encoder")
-    parser.add_argument("--encoder-lr", type=float, default=0.02)
+    parser.add_argument("--encoder-lr", type=float, default=WARM_START_LR)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     steps = tuple(int(s) for s in args.steps.split(","))
     result = run(args.encoder, args.images, steps=steps, inits=args.inits.split(","),
-                 encoder_lr=args.encoder_lr)  # fmt: skip
+                 encoder_lr=args.encoder_lr, offset=args.offset)  # fmt: skip
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=2)
 

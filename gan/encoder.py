@@ -11,6 +11,16 @@ and every squared term a mean over elements. The latent term teaches where the s
 the reconstruction terms what matters to the eye (many styles give the same image).
 Phase 2, ``real`` (``real_steps`` steps, optional): unlabelled real images, reconstruction terms
 only, to close the gap between the generator's samples and the data inversion will meet.
+``mix_weight`` > 0 adds Algorithm 1's mixing loss on the prediction in both phases (the
+prediction's coarse styles with fresh random fine ones must still look like the image), so the
+start keeps the content in the coarse styles that Algorithm 1 will ask of it.
+
+``passes`` > 0 trains an iterative encoder (``advmix.encoder.IterativeEncoder``): the loss above
+on the prediction after every refinement pass (each pass's input styles detached, as ReStyle
+trains), plus on the base pass unless the base comes from ``init_from``. ``init_from``, a
+trained direct encoder for the same generator, starts the run from its weights: a direct run
+fine-tunes it; an iterative run keeps it frozen as the base pass and copies its trunk into the
+refiner (the reconstruction's input channels start at random), so only the refiner trains.
 
 Every random draw of step ``i`` (z, mixing cut, real batch) is made under the RNG seeded by
 ``(seed, i)`` and the checkpoint holds the encoder, Adam's state, the step and the config, so a
@@ -31,15 +41,21 @@ import torch
 from torch import Tensor
 
 from advmix.checkpoints import atomic_save, generator_fingerprint, safe_load
-from advmix.encoder import Encoder, EncoderConfig, perceptual_distance, save_encoder
+from advmix.encoder import (
+    EncoderConfig,
+    build_encoder,
+    load_encoder,
+    perceptual_distance,
+    save_encoder,
+)
 from advmix.errors import AdvmixError
 from advmix.perceptual import VGGFeatures
 from advmix.settings import check, setting, settings, spec_of
-from advmix.stylegan import Generator
+from advmix.stylegan import Generator, resolve_k
 from gan.train import images_to_generator_range, iteration_seed, style_mixed_ws
 
 TRAIN_CHECKPOINT_FORMAT = "advmix-encoder-training-state"
-_TERMS = ("latent", "pixel", "perceptual", "loss")
+_TERMS = ("latent", "pixel", "perceptual", "mix", "loss")
 
 
 @dataclass
@@ -61,6 +77,13 @@ class EncoderTrainConfig:
         None, "Real unlabelled images (dataset spec) for the fine-tuning phase.", flag="data"
     )
     real_steps: int = setting(0, "Fine-tuning steps on --data, reconstruction only.", low=0)
+    mix_weight: float = setting(0.0, "Weight of Algorithm 1's mixing loss on the prediction.",
+                                low=0, fixed=True)  # fmt: skip
+    passes: int = setting(0, "Refinement passes: > 0 trains an iterative (ReStyle-style) encoder.",
+                          low=0, high=16, fixed=True)  # fmt: skip
+    init_from: str | None = setting(
+        None, "A trained direct encoder for this generator to start from (frozen base pass of "
+        "an iterative encoder).", kind="file", fixed=True)  # fmt: skip
     width: int = setting(32, "Channels of the encoder's first conv.", low=1, fixed=True)
     max_width: int = setting(256, "Channel cap of the encoder.", low=1, fixed=True)
     seed: int = setting(0, "Seeds the weights and every draw.", low=0, fixed=True)
@@ -111,15 +134,52 @@ class EncoderTrainer:
             w_dim=G.w_dim,
             width=cfg.width,
             max_width=cfg.max_width,
+            kind="iterative" if cfg.passes else "direct",
+            passes=cfg.passes,
         )
         with torch.random.fork_rng(devices=[]):  # initial weights from the seed, not the caller
             torch.manual_seed(cfg.seed)
-            self.E = Encoder(enc_cfg, w_avg=G.w_avg.detach().cpu()).to(self.device).train()
-        self.optimiser = torch.optim.Adam(self.E.parameters(), lr=cfg.lr)
+            self.E = build_encoder(enc_cfg, w_avg=G.w_avg.detach().cpu())
+        self.frozen_base = cfg.init_from is not None and cfg.passes > 0
+        if cfg.init_from is not None:
+            self._start_from(cfg.init_from, enc_cfg)
+        self.E = self.E.to(self.device).train()
+        self.E.attach(self.G)
+        self.k = resolve_k(self.G, None)
+        trained = self.E.refiner if self.frozen_base else self.E
+        self.optimiser = torch.optim.Adam(trained.parameters(), lr=cfg.lr)
         self.step = 0
         self.elapsed_s = 0.0
         self.real_images: Tensor | None = None  # uint8 on the CPU, loaded on first need
         self.last_record: dict = {}
+
+    def _start_from(self, path: str, enc_cfg: EncoderConfig) -> None:
+        """Weights from the direct encoder at ``path`` (module docstring); one line when it
+        does not fit this run."""
+        try:
+            source, info = load_encoder(path)
+        except Exception as exc:  # CheckpointError and kin: already one line naming the path
+            raise AdvmixError(f"--init-from {exc}") from None
+        if info["generator_fingerprint"] != self.generator_fingerprint:
+            raise AdvmixError(f"--init-from {path}: that encoder was trained for another generator")
+        if source.cfg != enc_cfg.trunk():
+            got = {k: v for k, v in source.cfg.to_dict().items() if enc_cfg.to_dict().get(k) != v}
+            raise AdvmixError(f"--init-from {path}: a direct encoder whose architecture differs "
+                              f"from this run's ({got}); pass its --width and --max-width")  # fmt: skip
+        state = source.state_dict()
+        if not self.frozen_base:
+            self.E.load_state_dict(state)
+            return
+        self.E.base.load_state_dict(state)
+        self.E.base.requires_grad_(False)
+        refiner = self.E.refiner.state_dict()
+        channels = enc_cfg.img_channels
+        for name, value in state.items():
+            if name == "from_rgb.weight":  # the image's channels; the reconstruction's stay
+                refiner[name][:, :channels] = value
+            elif not name.startswith("heads.") and name != "w_avg":
+                refiner[name] = value.clone()
+        self.E.refiner.load_state_dict(refiner)
 
     @property
     def total_steps(self) -> int:
@@ -200,22 +260,45 @@ class EncoderTrainer:
                 ws = G.w_avg.lerp(ws, cfg.truncation_psi)
             return G.synthesis(ws, noise_mode="const"), ws
 
-    def _losses(self, images: Tensor, ws: Tensor | None) -> dict[str, Tensor]:
-        cfg = self.cfg
-        pred = self.E(images)
+    def _terms(self, pred: Tensor, images: Tensor, ws: Tensor | None, target_feats,
+               z_mix: Tensor | None) -> dict[str, Tensor]:  # fmt: skip
+        """The loss terms of one prediction (module docstring), their weighted sum as "loss"."""
+        cfg, G = self.cfg, self.G
         terms: dict[str, Tensor] = {}
         if ws is not None:
             terms["latent"] = (pred - ws).square().mean()
         if cfg.pixel_weight or cfg.perceptual_weight or ws is None:
-            recon = self.G.synthesis(pred, noise_mode="const")
+            recon = G.synthesis(pred, noise_mode="const")
             terms["pixel"] = (recon - images).square().mean()
-            with torch.no_grad():
-                target_feats = self.features(images)
             terms["perceptual"] = perceptual_distance(self.features(recon), target_feats).mean()
+        if z_mix is not None:
+            mixed = G.synthesis(G.mix(pred, G.mapping(z_mix), self.k), noise_mode="const")
+            terms["mix"] = perceptual_distance(self.features(mixed), target_feats).mean()
         weights = {"latent": cfg.latent_weight, "pixel": cfg.pixel_weight,
-                   "perceptual": cfg.perceptual_weight}  # fmt: skip
+                   "perceptual": cfg.perceptual_weight, "mix": cfg.mix_weight}  # fmt: skip
         terms["loss"] = sum(weights[name] * value for name, value in terms.items())
         return terms
+
+    def _losses(self, images: Tensor, ws: Tensor | None, z_mix: Tensor | None = None
+                ) -> dict[str, Tensor]:  # fmt: skip
+        """Terms of the final prediction; "loss" sums the trained predictions' losses."""
+        with torch.no_grad():
+            target_feats = self.features(images)
+        if self.cfg.passes == 0:
+            return self._terms(self.E(images), images, ws, target_feats, z_mix)
+        with torch.set_grad_enabled(not self.frozen_base):
+            pred = self.E.base(images)
+        total = 0.0
+        if not self.frozen_base:
+            total = self._terms(pred, images, ws, target_feats, z_mix)["loss"]
+        for _ in range(self.cfg.passes):
+            start = pred.detach()
+            with torch.no_grad():
+                recon = self.G.synthesis(start, noise_mode="const")
+            pred = self.E.refine(images, start, recon)
+            terms = self._terms(pred, images, ws, target_feats, z_mix)
+            total = total + terms["loss"]
+        return {**terms, "loss": total}
 
     def train_step(self) -> dict[str, float]:
         """One optimiser step; returns the step's loss terms as floats."""
@@ -224,7 +307,10 @@ class EncoderTrainer:
         with torch.random.fork_rng(devices=cuda):  # step i's draws depend on (seed, i) only
             torch.manual_seed(iteration_seed(self.cfg.seed, self.step))
             images, ws = self._draw_batch(phase)
-        terms = self._losses(images, ws)
+            z_mix = torch.randn(self.cfg.batch, self.G.z_dim) if self.cfg.mix_weight else None
+        if z_mix is not None:
+            z_mix = z_mix.to(self.device)
+        terms = self._losses(images, ws, z_mix)
         loss = terms["loss"]
         if not torch.isfinite(loss):
             raise AdvmixError(

@@ -1,5 +1,6 @@
 """The amortised encoder: shapes, its mean-style start, checkpoint files and their failures,
-training that learns, bit-identical resume, the real-image phase (tiny real networks)."""
+training that learns, bit-identical resume, the real-image phase, the iterative kind and its
+training from a direct encoder (tiny real networks)."""
 
 import json
 
@@ -10,6 +11,8 @@ from advmix.checkpoints import CheckpointError, generator_fingerprint, load_gene
 from advmix.encoder import (
     Encoder,
     EncoderConfig,
+    IterativeEncoder,
+    build_encoder,
     encoder_fingerprint,
     load_encoder,
     perceptual_distance,
@@ -231,7 +234,9 @@ def test_resume_is_bit_identical(nets, tmp_path):
     strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]  # noqa: E731
     assert strip(read_metrics(tmp_path / "straight")) == strip(read_metrics(tmp_path / "resumed"))
     row = read_metrics(tmp_path / "straight")[-1]
-    assert set(row) == {"step", "phase", "latent", "pixel", "perceptual", "loss", "elapsed_s"}
+    assert set(row) == {"step", "phase", "latent", "pixel", "perceptual", "mix", "loss",
+                        "elapsed_s"}  # fmt: skip
+    assert row["mix"] is None  # not a term of this run (mix_weight 0)
 
 
 def test_resume_refuses_changed_settings(nets, tmp_path):
@@ -303,3 +308,136 @@ def test_the_cli_trains_resumes_and_writes_an_encoder_encoding_accepts(tmp_path,
     with pytest.raises(SystemExit) as exc:  # a setting that must not change on resume
         main([*args, "--steps", "5", "--lr", "0.5", "--resume"])
     assert exc.value.code == 1 and "lr" in capsys.readouterr().err
+
+
+# -- the iterative kind ---------------------------------------------------------------------------
+
+
+def iterative_for(G, passes: int = 2, width: int = 8) -> IterativeEncoder:
+    cfg = EncoderConfig(resolution=G.cfg.resolution, num_ws=G.num_ws, w_dim=G.w_dim, width=width,
+                        kind="iterative", passes=passes)  # fmt: skip
+    return build_encoder(cfg, w_avg=G.w_avg)
+
+
+def test_an_untrained_refiner_keeps_the_base_prediction(nets):
+    G, _, _ = nets
+    E = iterative_for(G)
+    with torch.no_grad():
+        for head in E.base.heads:
+            head.weight.normal_(0, 0.1)
+    images = torch.rand(3, 3, 32, 32) * 2 - 1
+    with pytest.raises(RuntimeError, match="call attach"):
+        E(images)
+    E.attach(G)
+    assert E(images).shape == (3, G.num_ws, G.w_dim)
+    assert torch.allclose(E(images), E.base(images), atol=1e-6)
+    with torch.no_grad():  # a refiner that predicts a residual moves it, once per pass
+        E.refiner.heads[0].bias.fill_(0.5)
+    moved = E(images, passes=3) - E.base(images)
+    assert torch.allclose(moved[:, 0], torch.full_like(moved[:, 0], 1.5), atol=1e-5)
+    assert torch.allclose(moved[:, 1:], torch.zeros_like(moved[:, 1:]), atol=1e-6)
+
+
+def test_kind_and_passes_are_checked():
+    base = dict(resolution=32, num_ws=8, w_dim=16)
+    with pytest.raises(ValueError, match="encoder kind must be one of"):
+        EncoderConfig(**base, kind="resnet")
+    with pytest.raises(ValueError, match="the iterative kind takes 1..16 passes, got 0"):
+        EncoderConfig(**base, kind="iterative")
+    with pytest.raises(ValueError, match="the direct kind takes 0..0 passes, got 2"):
+        EncoderConfig(**base, passes=2)
+    assert "kind" not in EncoderConfig(**base).to_dict()  # direct files read as before
+
+
+def test_iterative_files_record_kind_and_passes(nets, tmp_path):
+    G, _, _ = nets
+    E = iterative_for(G, passes=3)
+    with torch.no_grad():
+        E.refiner.heads[2].weight.normal_(0, 0.1)
+    save_encoder(E, tmp_path / "E.pt", generator_fingerprint="abc")
+    loaded, info = load_encoder(tmp_path / "E.pt")
+    assert isinstance(loaded, IterativeEncoder) and loaded.cfg == E.cfg
+    assert loaded.cfg.kind == "iterative" and loaded.cfg.passes == 3
+    assert info["fingerprint"] == encoder_fingerprint(E)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded.attach(G)(images), E.attach(G)(images))
+
+
+def test_version_1_files_still_load(nets, tmp_path):
+    path = tmp_path / "E.pt"
+    fp = save_encoder(trained_looking(nets[0]), path, generator_fingerprint="abc")
+    torch.save({**torch.load(path, weights_only=True), "version": 1}, path)
+    loaded, info = load_encoder(path)
+    assert isinstance(loaded, Encoder) and info["fingerprint"] == fp
+
+
+def direct_encoder_file(nets, tmp_path) -> str:
+    run(train_config(steps=3), nets, tmp_path / "direct")
+    return str(tmp_path / "direct" / "encoder.pt")
+
+
+def test_iterative_training_refines_a_frozen_direct_encoder(nets, tmp_path):
+    G, F, _ = nets
+    direct = direct_encoder_file(nets, tmp_path)
+    cfg = train_config(steps=0, real_steps=25, real_data="cfmnist:train-random?limit=16",
+                       batch=16, lr=3e-3, passes=2, init_from=direct, mix_weight=0.2)  # fmt: skip
+    trainer = EncoderTrainer(cfg, G, F, tmp_path / "iterative")
+    base_before = {k: v.clone() for k, v in trainer.E.base.state_dict().items()}
+    trainer.load_real_data()
+    images = (trainer.real_images.float() / 127.5 - 1.0)[:16]
+
+    def pixel_error(E, passes):
+        with torch.no_grad():
+            return (
+                (G.synthesis(E(images, passes=passes), noise_mode="const") - images).square().mean()
+            )
+
+    assert torch.allclose(pixel_error(trainer.E, 2), pixel_error(trainer.E, 0))  # starts as base
+    trainer.train(progress=False)
+    for key, value in trainer.E.base.state_dict().items():
+        assert torch.equal(value, base_before[key]), f"the frozen base changed: {key}"
+    assert pixel_error(trainer.E, 2) < pixel_error(trainer.E, 0)
+    assert all(row["mix"] > 0 for row in read_metrics(tmp_path / "iterative"))
+    E, _ = load_encoder(tmp_path / "iterative" / "encoder.pt")
+    assert isinstance(E, IterativeEncoder) and E.cfg.passes == 2
+
+
+def test_init_from_must_fit_the_run(nets, tmp_path):
+    G, F, _ = nets
+    direct = direct_encoder_file(nets, tmp_path)
+    with pytest.raises(AdvmixError, match="architecture differs.*pass its --width"):
+        EncoderTrainer(train_config(passes=2, init_from=direct, width=16), G, F, tmp_path / "a")
+    other = load_generator(tiny_generator(tmp_path / "G2.pt", seed=1))
+    with pytest.raises(AdvmixError, match="trained for another generator"):
+        EncoderTrainer(train_config(passes=2, init_from=direct), other, F, tmp_path / "b")
+    (tmp_path / "bad.pt").write_text("text")
+    with pytest.raises(AdvmixError, match=r"^--init-from .*bad.pt: not a readable encoder"):
+        EncoderTrainer(train_config(init_from=str(tmp_path / "bad.pt")), G, F, tmp_path / "c")
+
+
+def test_a_direct_run_from_an_encoder_fine_tunes_all_of_it(nets, tmp_path):
+    G, F, _ = nets
+    direct = direct_encoder_file(nets, tmp_path)
+    trainer = EncoderTrainer(train_config(steps=0, init_from=direct), G, F, tmp_path / "ft")
+    source, _ = load_encoder(direct)
+    assert encoder_fingerprint(trainer.E) == encoder_fingerprint(source)
+    assert trainer.optimiser.param_groups[0]["params"] == list(trainer.E.parameters())
+
+
+def test_the_cli_trains_an_iterative_encoder(tmp_path, capsys):
+    from cli.main import main
+
+    G, F = tiny_generator(tmp_path / "G.pt"), tiny_features(tmp_path / "F.pt")
+    args = ["encoder", "train", "--generator", str(G), "--features", str(F), "--batch", "4",
+            "--width", "4", "--max-width", "8", "--no-progress"]  # fmt: skip
+    main([*args, "--out", str(tmp_path / "direct"), "--steps", "1"])
+    direct = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["encoder"]
+    main([*args, "--out", str(tmp_path / "it"), "--steps", "2", "--passes", "2",
+          "--init-from", direct])  # fmt: skip
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    E, _ = load_encoder(summary["encoder"])
+    assert E.cfg.kind == "iterative" and E.cfg.passes == 2 and summary["step"] == 2
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--out", str(tmp_path / "x"), "--passes", "17"])
+    assert exc.value.code == 2
