@@ -93,9 +93,10 @@ def page(results: dict, config: dict, records: Path) -> str:
         "## Results",
         "",
         f"Preset `{preset}`: {len(config['seeds'])} training seeds "
-        f"({', '.join(map(str, config['seeds']))}), mean ± std over seeds; train accuracy on all",
-        "training images (both environments, noisy labels), test accuracy on the 9,000 test",
-        "images. Written by `" + command + "`; `python -m studies.irm --page-only --preset "
+        f"({', '.join(map(str, config['seeds']))}), mean ± std over seeds; train accuracy on",
+        f"the training images of the run ({_train_images(config)}; noisy labels), test accuracy",
+        "on the 9,000 test images. Written by `" + command + "`; `python -m studies.irm "
+        "--page-only --preset "
         f"{preset}` rewrites this page and `docs/results-irm.json` from `docs/records/irm/{preset}`.",
         "",
         *table,
@@ -140,6 +141,13 @@ def page(results: dict, config: dict, records: Path) -> str:
         "  option today.",
         "",
     ])  # fmt: skip
+
+
+def _train_images(config: dict) -> str:
+    if not config.get("train_slice"):
+        return "all of `irmcf:train`"
+    offset, limit = config["train_slice"]
+    return f"`irmcf:train?offset={offset}&limit={limit}`, both environments"
 
 
 def _verdict(rows: dict) -> str:
