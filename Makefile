@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[test,dev,s3,gcs]'
+	$(PY) -m pip install -q -e '.[test,dev,s3,gcs,dask]'
 	touch $(STAMP)
 
 # Fetch the full dataset where this machine can (as root with apt: the Debian package);

@@ -5,6 +5,8 @@ The launcher lists the inputs, then runs two pipelines, neither of which groups 
     Create(listing chunks) -> Screen                  (pipeline.screen: which inputs decode)
     Create(shard plans) -> ReadShardInputs -> Invert -> WriteShard          (pipeline.transforms)
 
+(a dataset spec's images are built on the launcher while listing, so it screens them itself).
+
 Between them it reads the screening records, creates the store and plans its shards (accepted
 inputs in listing order, ``--shard-size`` each); each shard is then read, inverted and written
 by one worker, which leaves the shard's completion record in the store. After the second
@@ -40,7 +42,14 @@ from pipeline.artifacts import local_copy
 from pipeline.engines import Engine
 from pipeline.flags import build_parser
 from pipeline.model_handler import InversionModelHandler, load_matching_encoder, resolve_device
-from pipeline.screen import ScreenFn, accepted_positions, chunks, clear_records
+from pipeline.screen import (
+    SCREENED_HERE,
+    ScreenFn,
+    accepted_positions,
+    chunks,
+    clear_records,
+    screen_here,
+)
 from pipeline.sources import Listing, list_inputs
 from pipeline.transforms import ReadShardInputsFn, WriteShardFn, plan_shards
 from schemas.errors import StoreError
@@ -140,13 +149,16 @@ def run(argv: list[str] | None = None) -> dict:
     with WriterLease(output) as lease, engine.session():
         if args.overwrite:  # the job's own lease stays: it holds the store
             output.delete_all(keep=(LEASE,))
-        screen = beam.Pipeline(options=engine.options(len(screened)))
-        _ = (
-            screen
-            | "ListChunks" >> beam.Create(screened, reshuffle=True)
-            | "Screen" >> beam.ParDo(ScreenFn(output, decode_args))
-        )
-        engine.run("screening", screen)
+        if listing.kind in SCREENED_HERE:
+            screen_here(output, decode_args, screened)
+        else:
+            screen = beam.Pipeline(options=engine.options(len(screened)))
+            _ = (
+                screen
+                | "ListChunks" >> beam.Create(screened, reshuffle=True)
+                | "Screen" >> beam.ParDo(ScreenFn(output, decode_args))
+            )
+            engine.run("screening", screen)
         accepted = accepted_positions(output, screened)
         if not accepted:
             raise StoreError("no usable input: every sample was rejected (see the reasons above)")

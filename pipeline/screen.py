@@ -9,6 +9,9 @@ Each chunk of ``CHUNK`` consecutive inputs is decoded by one worker, which write
 rejected inputs as its own dead-letter part and a record of the positions it accepted under
 ``screen/``. The launcher then reads the records of every chunk (``accepted_positions``) and
 names any that is missing. Rewriting a record or a part replaces it, so retries are harmless.
+
+A dataset spec's images are already in the launcher's memory (listing them built them), so the
+launcher screens those itself (``SCREENED_HERE``), with the same step and the same records.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from schemas.writer import write_dead_letter_part
 
 NAMESPACE = "advmix_encode"
 CHUNK = 512  # inputs per screening task: a few seconds of decoding, few records to read back
+SCREENED_HERE = ("spec",)  # listing kinds whose images the launcher holds already
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,13 @@ class ScreenFn(beam.DoFn):
                   "count": len(chunk.refs), "accepted": accepted}  # fmt: skip
         self.location.write(screen_record_path(chunk.index), json.dumps(record).encode())
         yield chunk.index
+
+
+def screen_here(location: Location, decode_args: tuple, planned: list[Chunk]) -> None:
+    step = ScreenFn(location, decode_args)
+    for chunk in planned:
+        for _ in step.process(chunk):
+            pass
 
 
 def accepted_positions(location: Location, planned: list[Chunk]) -> list[int]:

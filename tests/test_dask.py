@@ -2,13 +2,18 @@
 the same store bytes as Beam's local runners, shards spread over the workers, and a worker
 killed with SIGKILL mid-job never leaves a half-written shard in a committed store."""
 
+import io
 import os
 import signal
 import threading
 import time
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
+from advmix.datasets import load
 from pipeline.encode import run
 from schemas.reader import open_store
 from tests.tiny_nets import tiny_features, tiny_generator
@@ -25,6 +30,25 @@ def nets(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """16 Fashion-MNIST images and one row without a label, as a Parquet of PNG bytes: both
+    of the job's pipelines (screening, then the shards) run on the runner under test."""
+    data = load("cfmnist:train?limit=16")
+    rows = [_png(image) for image in data.images] + [_png(data.images[0])]
+    path = tmp_path_factory.mktemp("in") / "images.parquet"
+    labels = [int(x) for x in data.labels] + [None]
+    pq.write_table(pa.table({"id": [f"img-{i:02d}" for i in range(17)], "image": rows,
+                             "label": labels}), path)  # fmt: skip
+    return str(path)
+
+
+def _png(image) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image.transpose(1, 2, 0)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
 def cluster():
     with distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -33,10 +57,10 @@ def cluster():
         yield cluster, client
 
 
-def _args(nets, output, *extra, shard_size=8, steps=2):
+def _args(nets, output, *extra, shard_size=8, steps=2, source=SPEC):
     G, F = nets
     return [
-        "--input", SPEC, "--output", str(output), "--generator", str(G), "--features", str(F),
+        "--input", source, "--output", str(output), "--generator", str(G), "--features", str(F),
         "--steps", str(steps), "--batch-size", "4", "--shard-size", str(shard_size),
         "--w-avg-samples", "16", "--torch-threads", "1", *extra,
     ]  # fmt: skip
@@ -53,13 +77,13 @@ def _dask(cluster):
     return ["--runner=DaskRunner", f"--dask_client_address={cluster[0].scheduler_address}"]
 
 
-def test_every_runner_writes_the_same_store(nets, cluster, tmp_path):
-    fnapi = _fingerprint(_run(_args(nets, tmp_path / "fnapi")))
+def test_every_runner_writes_the_same_store(nets, images, cluster, tmp_path):
+    fnapi = _fingerprint(_run(_args(nets, tmp_path / "fnapi", source=images)))
     multi = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
-    assert _fingerprint(_run(_args(nets, tmp_path / "multi", *multi))) == fnapi
+    assert _fingerprint(_run(_args(nets, tmp_path / "multi", *multi, source=images))) == fnapi
     with distributed.get_task_stream(cluster[1]) as stream:
-        counts = run(_args(nets, tmp_path / "dask", *_dask(cluster)))
-    assert counts["encoded"] == 16 and counts["resumed_shards"] == 0
+        counts = run(_args(nets, tmp_path / "dask", *_dask(cluster), source=images))
+    assert (counts["encoded"], counts["rejected"], counts["resumed_shards"]) == (16, 1, 0)
     assert _fingerprint(tmp_path / "dask") == fnapi
     assert len(fnapi[0]) == 2
     # one partition per shard: both worker processes wrote a shard
