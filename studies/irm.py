@@ -1,6 +1,6 @@
 """IRM's Colored Fashion-MNIST benchmark: ERM, ERM on grey images, IRMv1, RandMix and AdvMix.
 
-    python -m studies.irm --preset small            # ERM, grey, IRMv1 on 6,000 images: ~1 h
+    python -m studies.irm --preset small            # ERM, grey, IRMv1 on 6,000 images: ~1.5 h
     python -m studies.irm --preset baselines        # the same on all 54,000 training images
     python -m studies.irm --preset cpu              # + RandMix, AdvMix with the shipped generator
     python -m studies.irm --preset gpu --device cuda  # a StyleGAN2 trained on irmcf:train first
@@ -59,7 +59,7 @@ class IRMStudyConfig:
 
 
 PRESETS = {
-    # What 2 busy CPU cores give in an hour: 3,000 images per training environment.
+    # What 2 busy CPU cores give in about 1.5 h: 3,000 images per training environment.
     "small": IRMStudyConfig(
         "small",
         methods=("ERM", "ERM-grayscale", "IRMv1"),
