@@ -65,7 +65,7 @@ PRESETS = {
         methods=("ERM", "ERM-grayscale", "IRMv1"),
         train_slice=(24000, 6000),
         encode_steps=1,
-        epochs=5,
+        epochs=4,
     ),  # fmt: skip
     # Methods that never read the styles: a store encoded with one step serves them, its
     # images being the exact irmcf images.
