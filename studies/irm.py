@@ -100,8 +100,7 @@ def generator(cfg: IRMStudyConfig, out: Path) -> str:
     advmix_cli(["gan", "train", "--dataset", spec("train", cfg), "--out", str(run),
                 "--iterations", str(cfg.gan_iterations), "--device", cfg.device,
                 "--no-progress", *resume])  # fmt: skip
-    snapshot = run / f"network-snapshot-{cfg.gan_iterations:06d}.pt"
-    advmix_cli(["gan", "evaluate", "--generator", str(snapshot), "--grids", str(out / "gan"),
+    advmix_cli(["gan", "evaluate", "--generator", str(run / "generator.pt"), "--grids", str(out / "gan"),
                 "--write-k", str(chosen)])  # fmt: skip
     return str(chosen)
 
