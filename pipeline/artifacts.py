@@ -11,12 +11,15 @@ from pathlib import Path
 import fsspec
 
 from advmix.errors import AdvmixError
-from schemas.urls import one_line, redact, remember_secrets
+from schemas.urls import credentials_in_url, one_line, redact, remember_secrets
 
 
 def local_copy(url: str, storage_options: dict | None = None) -> str:
     """A local path holding the bytes at ``url`` (the path itself when it is already local)."""
     remember_secrets(url, storage_options)
+    refused = credentials_in_url(url)
+    if refused:
+        raise AdvmixError(refused)
     try:
         fs, path = fsspec.url_to_fs(url, **(storage_options or {}))
     except (ValueError, ImportError, TypeError) as exc:  # scheme unknown or not installed

@@ -30,7 +30,7 @@ from advmix.datasets import load
 from advmix.errors import DataError
 from advmix.spec import SPLITS, parse_spec
 from pipeline.attributes import AttributeTable, read_celeba, read_table
-from schemas.urls import one_line, redact, remember_secrets
+from schemas.urls import credentials_in_url, one_line, redact, remember_secrets
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,10 @@ def list_inputs(
     """The inputs of ``source``; ``attributes``: a CSV or Parquet table of named attributes
     for an image folder or a Parquet of images (``pipeline.attributes``)."""
     remember_secrets(source, storage_options)  # so no message quotes them
+    for url in (source, attributes or ""):
+        refused = credentials_in_url(url)
+        if refused:
+            raise DataError(refused)
     storage_options = storage_options or {}
     if source.split(":", 1)[0] == "celeba":
         return _list_celeba(source, storage_options)
@@ -187,8 +191,8 @@ def _list_parquet(
     try:
         with fsspec.open(url, "rb", **storage_options) as f:
             parquet = pq.read_table(f)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{url}: cannot read Parquet ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # any client failure (credentials, endpoint, missing object)
+        raise DataError(f"cannot read Parquet {redact(url)}: {one_line(exc)}") from None
     columns = parquet.column_names
     required = (image_column,) if attributes is not None else (image_column, label_column)
     for column in required:

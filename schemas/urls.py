@@ -59,6 +59,23 @@ _ENV_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN
 _SECRETS: set[str] = set()  # credential values this process was given (URLs, options)
 
 
+def credentials_in_url(url: str) -> str | None:
+    """Why ``url`` is refused when it carries ``user:password@`` (``None`` when it does not).
+
+    fsspec reads ``s3://KEY:SECRET@bucket/x`` as a bucket named ``KEY:SECRET@bucket``; a
+    credential in a URL also ends up in shell history and in every tool's logs. Options and the
+    environment are the ways to pass one.
+    """
+    if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@]*@", url or ""):
+        return None
+    return (
+        f"{redact_url(url)}: credentials in a URL are not accepted; pass them as storage "
+        "options (s3: --storage-option key=... --storage-option secret=...; gs: "
+        "--storage-option token=FILE) or through the environment (AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS)"
+    )
+
+
 def remember_secrets(url: str, storage_options: dict | None = None) -> None:
     """Note the credentials in a URL's ``user:password@`` and in credential-like storage
     options, so that ``redact`` removes them wherever they turn up (an exception's message
@@ -82,8 +99,22 @@ def redact(text: str) -> str:
     return text
 
 
+_UNKNOWN_KEYWORD = re.compile(r"unexpected keyword argument '([^']+)'")
+
+
+def unknown_option(exc: BaseException) -> str | None:
+    """The storage option a filesystem client refused, when ``exc`` is that refusal: s3fs and
+    gcsfs pass unknown options on to their client's constructor, which raises TypeError on
+    first use."""
+    found = _UNKNOWN_KEYWORD.search(str(exc)) if isinstance(exc, TypeError) else None
+    return found.group(1) if found else None
+
+
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """``Type: message`` of an exception on one line (its lines joined), credentials redacted."""
+    option = unknown_option(exc)
+    if option is not None:
+        return f"unknown storage option {option!r} (see the filesystem's documentation)"
     text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     return redact(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:limit]
 
@@ -143,6 +174,9 @@ class Location:
         self.storage_options = _emulator_defaults(url, dict(storage_options or {}))
         self.display = redact_url(self.url)
         remember_secrets(url, self.storage_options)
+        refused = credentials_in_url(url)
+        if refused:
+            raise StoreError(refused)
 
     def __getstate__(self) -> dict:
         keep = ("url", "local", "storage_options", "display")
@@ -213,6 +247,10 @@ class Location:
         except FileNotFoundError:
             raise
         except (OSError, *client_errors()) as exc:
+            raise StoreError(f"cannot {action} {self.display}: {one_line(exc)}") from None
+        except TypeError as exc:
+            if unknown_option(exc) is None:
+                raise  # a bug of ours, not the user's option
             raise StoreError(f"cannot {action} {self.display}: {one_line(exc)}") from None
 
     def read(self, rel: str) -> bytes:

@@ -125,6 +125,51 @@ def test_credentials_in_a_url_never_show(nets, tmp_path):
             assert "***" in one_error_line(result.stderr)
 
 
+def test_credentials_in_a_url_are_refused_saying_how_to_pass_them(capsys, nets, tmp_path):
+    # fsspec would read "KEY:SECRET@bucket" as the bucket's name; refused before any request.
+    url = f"s3://{SECRET_KEY}:{SECRET.replace('/', '%2F')}@advmix/"
+    for argv in (
+        ["--input", url + "x.parquet", "--output", str(tmp_path / "o")],
+        ["--input", "cfmnist:iid?limit=4", "--output", url + "store.zarr"],
+    ):
+        result = encode(*argv, "--generator", nets["G"], "--features", nets["F"], "--steps", "1")
+        line = one_error_line(result.stderr)
+        assert result.returncode == 1 and "credentials in a URL are not accepted" in line
+        assert "--storage-option key=" in line and SECRET_KEY not in line
+    code, _, err = cli(capsys, "store", "info", url + "store.zarr")
+    assert code == 1 and "credentials in a URL are not accepted" in one_error_line(err)
+
+
+def test_an_unknown_storage_option_is_one_line_naming_it(capsys, nets, tmp_path):
+    with moto_s3(buckets=("advmix",)) as options:
+        endpoint = f"endpoint_url={options['endpoint_url']}"
+        code, _, err = cli(capsys, "store", "info", "s3://advmix/store.zarr",
+                           "--storage-option", endpoint, "--storage-option", "bogus_option=x")  # fmt: skip
+        assert code == 1 and "unknown storage option 'bogus_option'" in one_error_line(err)
+        result = encode("--input", "cfmnist:iid?limit=4", "--output", "s3://advmix/o.zarr",
+                        "--generator", nets["G"], "--features", nets["F"], "--steps", "1",
+                        "--storage-option", endpoint, "--storage-option", "bogus=1")  # fmt: skip
+        assert result.returncode == 1
+        assert "unknown storage option 'bogus'" in one_error_line(result.stderr)
+
+
+def test_an_unreadable_parquet_input_in_a_bucket_is_one_line(nets, tmp_path):
+    with moto_s3(buckets=("advmix",)) as options:
+        argv = ["--input", "s3://advmix/nothere.parquet", "--output", str(tmp_path / "o"),
+                "--generator", nets["G"], "--features", nets["F"], "--steps", "1"]  # fmt: skip
+        missing = encode(*argv, "--storage-option", f"endpoint_url={options['endpoint_url']}")
+        assert missing.returncode == 1
+        assert "cannot read Parquet s3://advmix/nothere.parquet" in one_error_line(missing.stderr)
+    # No credentials anywhere: botocore's NoCredentialsError, in one line.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["AWS_CONFIG_FILE"] = env["AWS_SHARED_CREDENTIALS_FILE"] = str(tmp_path / "none")
+    uncredentialed = subprocess.run([sys.executable, "-m", "pipeline.encode", *argv,
+                                     "--storage-option", "endpoint_url=http://127.0.0.1:9"],
+                                    capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert uncredentialed.returncode == 1
+    assert "cannot read Parquet" in one_error_line(uncredentialed.stderr)
+
+
 def test_redact_catches_credentials_outside_urls():
     # a secret with "/" is percent-encoded in a URL; redact removes both spellings
     remember_secrets(f"s3://{SECRET_KEY}:{SECRET.replace('/', '%2F')}@bucket/x",
