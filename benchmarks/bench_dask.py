@@ -1,0 +1,77 @@
+"""Stage 1 on Dask: encode throughput with 1 and 2 Dask worker processes vs the FnApiRunner.
+
+One run, same images, networks and settings for every runner: the project's 32x32 generator
+(the shipped checkpoint when present, else a random one of the same architecture) and the
+shipped VGG trunk. Each figure is the wall time of ``pipeline.encode`` (screening, shards,
+commit); the Dask clusters (LocalCluster of worker processes, one thread each, on 127.0.0.1)
+are started before the clock starts, as a long-lived cluster would be. The FnApiRunner runs in
+this process with torch's own thread count; each Dask worker uses one thread.
+
+The FnApiRunner is measured first and last: on a shared machine the two figures show how much
+the load of other processes moved the numbers during the run.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.bench_encode import _generator
+
+NUM_IMAGES = 64
+STEPS = 20
+SHARD = 16  # 4 shards: both workers of the 2-worker cluster have work throughout
+
+
+def _encode(argv: list[str]) -> float:
+    from pipeline.encode import run as encode
+
+    started = time.perf_counter()
+    counts = encode(argv)
+    assert counts["encoded"] > 0
+    return time.perf_counter() - started
+
+
+def run(num_images: int = NUM_IMAGES, steps: int = STEPS, shard: int = SHARD) -> dict:
+    from distributed import LocalCluster
+
+    spec = f"cfmnist:train?limit={num_images}"
+    results: dict = {
+        "num_images": num_images, "steps": steps, "shard_size": shard,
+        "cpu_count": os.cpu_count(), "fnapi_torch_threads": torch.get_num_threads(),
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        _, g_path = _generator(Path(tmp))
+
+        def argv(name: str, *extra: str) -> list[str]:
+            return ["--input", spec, "--output", str(Path(tmp) / name), "--generator", g_path,
+                    "--steps", str(steps), "--batch-size", str(shard), "--shard-size",
+                    str(shard), *extra]  # fmt: skip
+
+        seconds = {"fnapi_first": _encode(argv("fnapi-1"))}
+        for workers in (1, 2):
+            with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                              host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster:  # fmt: skip
+                address = f"--dask_client_address={cluster.scheduler_address}"
+                seconds[f"dask_{workers}"] = _encode(argv(f"dask-{workers}", "--runner=DaskRunner",
+                                                          address))  # fmt: skip
+        seconds["fnapi_last"] = _encode(argv("fnapi-2"))
+    fnapi = min(seconds["fnapi_first"], seconds["fnapi_last"])
+    results |= {f"{name}_images_per_s": round(num_images / s, 3) for name, s in seconds.items()}
+    results |= {
+        "dask_1_vs_fnapi": round(fnapi / seconds["dask_1"], 3),
+        "dask_2_vs_fnapi": round(fnapi / seconds["dask_2"], 3),
+        "dask_2_vs_dask_1": round(seconds["dask_1"] / seconds["dask_2"], 3),
+        "fnapi_last_vs_first": round(seconds["fnapi_first"] / seconds["fnapi_last"], 3),
+    }
+    return results
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(run(), indent=2))
