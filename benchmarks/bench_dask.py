@@ -5,7 +5,8 @@ One run, same images, networks and settings for every runner: the project's 32x3
 shipped VGG trunk. Each figure is the wall time of ``pipeline.encode`` (screening, shards,
 commit); the Dask clusters (LocalCluster of worker processes, one thread each, on 127.0.0.1)
 are started before the clock starts, as a long-lived cluster would be. The FnApiRunner runs in
-this process with torch's own thread count; each Dask worker uses one thread.
+this process twice, with torch's own thread count and with ``--torch-threads 1`` (what each
+Dask worker uses), so the figures separate the runner from the thread count.
 
 The FnApiRunner is measured first and last: on a shared machine the two figures show how much
 the load of other processes moved the numbers during the run.
@@ -59,6 +60,7 @@ def run(num_images: int = NUM_IMAGES, steps: int = STEPS, shard: int = SHARD) ->
                 address = f"--dask_client_address={cluster.scheduler_address}"
                 seconds[f"dask_{workers}"] = _encode(argv(f"dask-{workers}", "--runner=DaskRunner",
                                                           address))  # fmt: skip
+        seconds["fnapi_1_thread"] = _encode(argv("fnapi-t1", "--torch-threads", "1"))
         seconds["fnapi_last"] = _encode(argv("fnapi-2"))
     fnapi = min(seconds["fnapi_first"], seconds["fnapi_last"])
     results |= {f"{name}_images_per_s": round(num_images / s, 3) for name, s in seconds.items()}
@@ -66,6 +68,7 @@ def run(num_images: int = NUM_IMAGES, steps: int = STEPS, shard: int = SHARD) ->
         "dask_1_vs_fnapi": round(fnapi / seconds["dask_1"], 3),
         "dask_2_vs_fnapi": round(fnapi / seconds["dask_2"], 3),
         "dask_2_vs_dask_1": round(seconds["dask_1"] / seconds["dask_2"], 3),
+        "dask_1_vs_fnapi_1_thread": round(seconds["fnapi_1_thread"] / seconds["dask_1"], 3),
         "fnapi_last_vs_first": round(seconds["fnapi_first"] / seconds["fnapi_last"], 3),
     }
     return results

@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 
+import distributed
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -17,8 +18,6 @@ from advmix.datasets import load
 from pipeline.encode import run
 from schemas.reader import open_store
 from tests.tiny_nets import tiny_features, tiny_generator
-
-distributed = pytest.importorskip("distributed")
 
 SPEC = "cfmnist:train?limit=16"
 
@@ -120,11 +119,13 @@ def test_a_worker_killed_mid_job_leaves_nothing_half_written(nets, cluster, tmp_
     argv = _args(nets, out, *_dask(cluster), shard_size=4, steps=8)
     try:
         counts = run(argv)  # Dask reruns the lost worker's shard elsewhere
+        print("the job finished after the kill")
     except Exception as exc:  # or the job stops with one line, and the rerun finishes
         message = str(exc)
         assert "\n" not in message and "rerun the same command" in message, message
         assert not (out / "manifest.json").exists()
         counts = run(argv)
+        print(f"the job stopped ({message}); the rerun resumed {counts['resumed_shards']} shards")
     killer.join()
     assert killed, "no worker was busy with the encode pipeline"
     assert counts["encoded"] == 16
