@@ -2,9 +2,10 @@
 
 Beam resolves short runner names only for the runners its options list (``FnApiRunner``,
 ``DataflowRunner``, ...); ``DaskRunner`` lives outside that list, so its short name is
-resolved here. Beam parses ``--dask_*`` flags only with ``DaskOptions`` loaded: the module is
-imported before the flags are parsed, so they reach the runner without a warning that they
-were discarded.
+resolved here. Beam knows the ``--dask_*`` flags only once ``DaskOptions`` (in the Dask
+runner's module) is imported, which Beam itself does only when it builds the runner: a parse
+before that logs "Discarding unparseable args" for them. The module is imported here before
+any parse, so the flags parse as what they are and reach ``distributed.Client``.
 
 On Dask, every pipeline of the job gets one partition per element of its ``Create`` (one per
 shard), so the shards spread over the cluster's workers; ``--dask_npartitions`` or
