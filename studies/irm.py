@@ -105,8 +105,12 @@ def generator(cfg: IRMStudyConfig, out: Path) -> str:
     return str(chosen)
 
 
+def store_path(cfg: IRMStudyConfig, split: str, out: Path) -> Path:
+    return out / "stores" / f"steps{cfg.encode_steps}-{cfg.encode_init}" / split
+
+
 def encode(cfg: IRMStudyConfig, split: str, G: str, out: Path) -> Path:
-    store = out / "stores" / f"steps{cfg.encode_steps}-{cfg.encode_init}" / split
+    store = store_path(cfg, split, out)
     if (store / "manifest.json").exists():
         say(f"reusing the store {store}")
         return store
@@ -151,6 +155,100 @@ def store_statistics(store: Path) -> dict:
     return out
 
 
+def colour_names(images01) -> list[str]:
+    """ "red", "green" or "other" per image [B, 3, H, W] in [0, 1]: red (green) when that
+    channel of its mean foreground colour exceeds both others by 0.3. Items whose pixels are
+    mostly dim (grey in both channels) can read as "other" even unmixed: the originals'
+    shares are the rule's baseline."""
+    from advmix.datasets import foreground_colour
+
+    names = []
+    for r, g, b in foreground_colour(images01).tolist():
+        names.append("red" if r > max(g, b) + 0.3 else "green" if g > max(r, b) + 0.3 else "other")
+    return names
+
+
+def mix_diagnostics(store: Path, G_path: str, n: int = 512, seed: int = 0) -> dict:
+    """What the generator's fine styles do to irmcf images: the stored reconstructions' PSNR,
+    the colours of the originals and of RandMix mixes (one random map(z) for styles k..),
+    and whether the shipped colour-blind 10-class classifier calls the mix footwear when it
+    calls the original footwear (class kept)."""
+    import numpy as np
+    import torch
+
+    from advmix.attacks import randmix
+    from advmix.checkpoints import load_generator
+    from advmix.classifiers import load_classifier
+    from advmix.irmcf import FOOTWEAR
+    from advmix.stylegan import resolve_k
+    from schemas.reader import open_store
+
+    torch.set_num_threads(1)
+    reader = open_store(str(store))
+    G = load_generator(G_path)
+    k = resolve_k(G, reader.k)
+    shard = reader.read_shard(0)
+    w, images = torch.from_numpy(shard.w[:n]).float(), torch.from_numpy(shard.images[:n]) / 255.0
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        mixes = torch.cat([randmix(G, w[i : i + 64], k, gen)[0] for i in range(0, len(w), 64)])
+        grey, _ = load_classifier(shipped.GRAY_CLASSIFIER)
+        shoe = [np.isin(grey(x).argmax(1).numpy(), FOOTWEAR) for x in (images, mixes)]
+    before, after = colour_names(images), colour_names(mixes)
+
+    def share(names: list[str], colour: str) -> float:
+        return round(sum(x == colour for x in names) / len(names), 4)
+
+    return {
+        "k": k, "num_ws": G.num_ws, "images": len(w),
+        "reconstruction_psnr_db": round(float(reader.index()["rec_psnr"].mean()), 2),
+        "originals": {c: share(before, c) for c in ("red", "green", "other")},
+        "mixes": {c: share(after, c) for c in ("red", "green", "other")},
+        "colour_changed": round(float(np.mean([a != b for a, b in zip(before, after, strict=True)])), 4),
+        "class_kept": round(float((shoe[0] == shoe[1]).mean()), 4),
+    }  # fmt: skip
+
+
+def colour_following(model_path: Path, cfg: IRMStudyConfig) -> dict:
+    """Per split, the share of the classifier's predictions equal to the image's colour
+    (1 red, 0 green): ~1 for a colour rule, (1 - p_e)-like for a colour-blind one."""
+    import torch
+
+    from advmix.classifiers import load_classifier
+    from advmix.datasets import load
+    from advmix.irmcf import colour_of
+
+    torch.set_num_threads(1)
+    model, _ = load_classifier(model_path)
+    out = {}
+    for split in ("train", "test"):
+        data = load(spec(split, cfg))
+        x = torch.from_numpy(data.images)
+        with torch.no_grad():
+            pred = torch.cat([model(x[i : i + 512].float() / 255).argmax(1)
+                              for i in range(0, len(x), 512)]).numpy()  # fmt: skip
+        out[split] = round(float((pred == colour_of(data.images)).mean()), 4)
+    return out
+
+
+def follow_colours(cfg: IRMStudyConfig, out: Path, records: Path) -> None:
+    """records/<method>/seed-<s>/colour.json for every evaluated run that lacks one."""
+    for result in sorted(records.glob("*/seed-*/eval.json")):
+        target = result.parent / "colour.json"
+        model = out / "runs" / result.parent.parent.name / result.parent.name / "classifier.pt"
+        if not target.exists() and model.exists():
+            target.write_text(json.dumps(colour_following(model, cfg)) + "\n")
+
+
+def diagnose(store: Path, G: str, records: Path) -> dict:
+    """records/mixes.json: ``mix_diagnostics`` of the training store (computed once)."""
+    path = records / "mixes.json"
+    if not path.exists():
+        records.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(mix_diagnostics(store, G), indent=2) + "\n")
+    return json.loads(path.read_text())
+
+
 def train_and_evaluate(cfg: IRMStudyConfig, method: str, seed: int, G: str, store: Path,
                        run_dir: Path, records: Path) -> dict:  # fmt: skip
     model = run_dir / "classifier.pt"
@@ -170,6 +268,8 @@ def train_and_evaluate(cfg: IRMStudyConfig, method: str, seed: int, G: str, stor
     records.mkdir(parents=True, exist_ok=True)
     for name in ("run.json", "eval.json"):
         shutil.copyfile(run_dir / name, records / name)
+    if not (records / "colour.json").exists():
+        (records / "colour.json").write_text(json.dumps(colour_following(model, cfg)) + "\n")
     return accuracies(records)
 
 
@@ -192,6 +292,12 @@ def collect(records: Path, methods=tuple(METHODS)) -> dict:
             values = [r[split] for r in runs]
             row[split] = round(statistics.fmean(values), 4)
             row[f"{split}_std"] = round(statistics.pstdev(values), 4)
+        colour = [
+            json.loads(p.read_text()) for p in sorted((records / method).glob("seed-*/colour.json"))
+        ]
+        if colour:
+            row["follows_colour"] = {split: round(statistics.fmean(c[split] for c in colour), 4)
+                                     for split in ("train", "test")}  # fmt: skip
         out[method] = {**row, "seeds": len(runs)}
     return {"methods": out}
 
@@ -204,6 +310,7 @@ def run(cfg: IRMStudyConfig, out: Path, records: Path) -> dict:
     records.mkdir(parents=True, exist_ok=True)
     data = {split: store_statistics(store) for split, store in stores.items()}
     (records / "data.json").write_text(json.dumps(data, indent=2) + "\n")
+    diagnose(stores["train"], G, records)
     for seed in cfg.seeds:  # seeds outermost: a stopped study has every method at equal seeds
         for method in cfg.methods:
             acc = train_and_evaluate(cfg, method, seed, G, stores["train"],
@@ -236,6 +343,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None, help="first N seeds of the preset's 5")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    parser.add_argument("--diagnose", action="store_true",
+                        help="only measure what the generator's mixes do (records/mixes.json)")  # fmt: skip
     parser.add_argument("--page-only", action="store_true",
                         help="rewrite docs/results-irm.json and docs/irm-benchmark.md")  # fmt: skip
     args = parser.parse_args()
@@ -247,6 +356,11 @@ def main() -> None:
     if args.device is not None:
         cfg = replace(cfg, device=args.device)
     records = args.records or RECORDS / cfg.preset
+    if args.diagnose:
+        G = cfg.generator if not cfg.gan_iterations else str(args.out / cfg.preset / "gan" / "G.pt")
+        print(json.dumps(diagnose(store_path(cfg, "train", args.out / cfg.preset), G, records)))
+        follow_colours(cfg, args.out / cfg.preset, records)
+        return
     if not args.page_only:
         run(cfg, args.out / cfg.preset, records)
     print(json.dumps(write_docs(records), indent=2))

@@ -46,16 +46,18 @@ def page(results: dict, config: dict, records: Path) -> str:
     preset, rows = config["preset"], results["methods"]
     s = _settings(records)
     command = f"python -m studies.irm --preset {preset}"
-    table = ["| method | train accuracy (%) | test accuracy (%) | seeds | source |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    table = ["| method | train accuracy (%) | test accuracy (%) | predicts the colour, train / "
+             "test (%) | seeds | source |", "|---|---|---|---|---|---|"]  # fmt: skip
     for name, row in rows.items():
+        follows = row.get("follows_colour")
+        colour = f"{100 * follows['train']:.1f} / {100 * follows['test']:.1f}" if follows else ""
         table.append(f"| {name} | {_cell(row['train'], row['train_std'])} | "
-                     f"{_cell(row['test'], row['test_std'])} | {row['seeds']} | ours: "
+                     f"{_cell(row['test'], row['test_std'])} | {colour} | {row['seeds']} | ours: "
                      f"`{command}` |")  # fmt: skip
-    table.append("| optimal invariant predictor | 75 | 75 | | the construction's label noise |")
+    table.append("| optimal invariant predictor | 75 | 75 | | | the construction's label noise |")
     for name, train, train_std, test, test_std in ARJOVSKY_MNIST:
         table.append(f"| {name}, **Colored MNIST** | {_cell(train, train_std)} | "
-                     f"{_cell(test, test_std)} | 10 | Arjovsky et al. 2019 (reference code's "
+                     f"{_cell(test, test_std)} | | 10 | Arjovsky et al. 2019 (reference code's "
                      "output) |")  # fmt: skip
     missing = [m for m in ("ERM", "ERM-grayscale", "IRMv1", "RandMix", "AdvMix") if m not in rows]
     verdict = _verdict(rows)
@@ -92,8 +94,8 @@ def page(results: dict, config: dict, records: Path) -> str:
         "",
         "## Results",
         "",
-        f"Preset `{preset}`: {len(config['seeds'])} training seeds "
-        f"({', '.join(map(str, config['seeds']))}), mean ± std over seeds; train accuracy on",
+        f"Preset `{preset}`: training seeds {_seeds(records)} (of {len(config['seeds'])} the "
+        "preset runs), mean ± std (population) over seeds; train accuracy on",
         f"the training images of the run ({_train_images(config)}; noisy labels), test accuracy",
         "on the 9,000 test images. Written by `" + command + "`; `python -m studies.irm "
         "--page-only --preset "
@@ -103,11 +105,13 @@ def page(results: dict, config: dict, records: Path) -> str:
         "",
         verdict,
         "",
+        *_irm_note(rows),
         "Rows marked **Colored MNIST** are digits, not Fashion-MNIST: the original IRM benchmark,",
         "for scale only. The IRM-games paper's own Colored Fashion-MNIST table (ERM, IRM,",
         "F-IRM and V-IRM games) could not be read in the session that wrote this page and is not",
         "copied here from memory: see Table 2 of Ahuja et al. 2020 beside these rows.",
         "",
+        *_mix_lines(records, config),
         "## Setup, and what differs from the published one",
         "",
         f"- Same classifier and budget for every method: `{s.get('arch', 'smallcnn')}` "
@@ -141,6 +145,51 @@ def page(results: dict, config: dict, records: Path) -> str:
         "  option today.",
         "",
     ])  # fmt: skip
+
+
+def _mix_lines(records: Path, config: dict) -> list[str]:
+    path = records / "mixes.json"
+    if not path.exists():
+        return []
+    m = json.loads(path.read_text())
+    pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
+    colours = lambda d: ", ".join(f"{c} {pct(d[c])}" for c in ("red", "green", "other"))  # noqa: E731
+    return [
+        "## What the generator's fine styles do to these images",
+        "",
+        f"`python -m studies.irm --diagnose --preset {config['preset']}` on the first "
+        f"{m['images']} images of the training store, generator `{Path(config['generator']).name}`,",
+        f"k = {m['k']} of {m['num_ws']} styles: the store's reconstructions average "
+        f"{m['reconstruction_psnr_db']:.2f} dB PSNR ({config['encode_steps']} inversion step(s) "
+        f"from the {config['encode_init']} start). A RandMix mix keeps styles 0..{m['k'] - 1} and "
+        "takes the rest from one random `map(z)`. Colour (mean foreground colour; red or green "
+        "when that channel leads both others by 0.3):",
+        "",
+        f"- originals: {colours(m['originals'])}",
+        f"- mixes: {colours(m['mixes'])}; colour name changed by the mix: "
+        f"{pct(m['colour_changed'])}",
+        f"- class kept (the shipped colour-blind 10-class classifier calls the mix footwear "
+        f"exactly when it calls the original footwear): {pct(m['class_kept'])}",
+        "",
+    ]  # fmt: skip
+
+
+def _seeds(records: Path) -> str:
+    seeds = sorted({int(p.parent.name.split("-")[1]) for p in records.glob("*/seed-*/eval.json")})
+    return ", ".join(map(str, seeds))
+
+
+def _irm_note(rows: dict) -> list[str]:
+    irm = rows.get("IRMv1")
+    if not irm or "follows_colour" not in irm:
+        return []
+    others = [f"{name} {100 * rows[name]['follows_colour']['train']:.1f}%"
+              for name in ("ERM", "ERM-grayscale") if "follows_colour" in rows.get(name, {})]  # fmt: skip
+    return ["*Predicts the colour*: the share of predictions equal to the image's colour (red 1, "
+            "green 0; `colour.json` in each run's records). On the training images IRMv1's "
+            f"predictions agree with the colour on {100 * irm['follows_colour']['train']:.1f}% "
+            f"({', '.join(others)}). Every run is scored at its last step, as the reference "
+            "code scores it: no early stopping, no model selection.", ""]  # fmt: skip
 
 
 def _train_images(config: dict) -> str:

@@ -240,6 +240,8 @@ def test_the_study_writes_the_table_and_results_from_its_records(tmp_path):
     assert set(results["methods"]) == {"ERM", "IRMv1"}
     assert results["methods"]["IRMv1"]["seeds"] == 1
     assert 0 <= results["methods"]["ERM"]["test"] <= 1
+    assert set(results["methods"]["ERM"]["follows_colour"]) == {"train", "test"}
+    assert json.loads((records / "mixes.json").read_text())["k"] == 4
     data = json.loads((records / "data.json").read_text())
     assert set(data["train"]) == {"env 0", "env 1"} and set(data["test"]) == {"test"}
     assert data["train"]["env 0"]["n"] + data["train"]["env 1"]["n"] == len(load("irmcf:train"))
@@ -247,4 +249,4 @@ def test_the_study_writes_the_table_and_results_from_its_records(tmp_path):
     assert json.loads((docs / "results-irm.json").read_text()) == written
     text = (docs / "irm-benchmark.md").read_text()
     assert "| IRMv1 |" in text and "python -m studies.irm --preset smoke" in text
-    assert "AdvMix has no row yet" in text
+    assert "AdvMix has no row yet" in text and "fine styles do to these images" in text
