@@ -441,3 +441,26 @@ def test_the_cli_trains_an_iterative_encoder(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main([*args, "--out", str(tmp_path / "x"), "--passes", "17"])
     assert exc.value.code == 2
+
+
+def test_the_encode_job_starts_from_an_iterative_encoders_passes(nets, tmp_path):
+    """The Beam job's projector attaches its generator, so an iterative file works as
+    ``--init encoder --encoder E.pt`` does for a direct one."""
+    import numpy as np
+
+    from pipeline.model_handler import Projector
+
+    g_path = nets[2]
+    G = load_generator(g_path)  # the file's generator, which the job loads
+    F_path = tiny_features(tmp_path / "F.pt")
+    E = iterative_for(G)
+    with torch.no_grad():
+        E.refiner.heads[1].bias.fill_(0.25)
+    save_encoder(E, tmp_path / "E.pt", generator_fingerprint=generator_fingerprint(G))
+    cfg = InversionConfig(steps=0, w_avg_samples=8, k=4, init="encoder")
+    projector = Projector(str(g_path), str(F_path), cfg, "cpu", encoder_url=str(tmp_path / "E.pt"))
+    images = np.random.default_rng(0).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
+    out = projector.project(images, seeds=[0, 1])
+    with torch.no_grad():
+        expected = E.attach(G)(torch.from_numpy(images).float() / 127.5 - 1)
+    assert np.allclose(out["w"], expected.numpy(), atol=1e-5)
