@@ -341,6 +341,8 @@ def main() -> None:
     parser.add_argument("--records", type=Path, default=None,
                         help=f"run records [default: {RECORDS}/<preset>]")  # fmt: skip
     parser.add_argument("--seeds", type=int, default=None, help="first N seeds of the preset's 5")
+    parser.add_argument("--methods", default=None,
+                        help=f"comma-separated subset of {', '.join(METHODS)} [default: the preset's]")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
     parser.add_argument("--diagnose", action="store_true",
@@ -351,6 +353,14 @@ def main() -> None:
     cfg = PRESETS[args.preset]
     if args.seeds is not None:
         cfg = replace(cfg, seeds=cfg.seeds[: max(1, args.seeds)])
+    if args.methods is not None:
+        methods = tuple(m for m in args.methods.split(",") if m)
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown or not methods:
+            parser.error(
+                f"--methods: {', '.join(unknown) or 'none given'}; known: {', '.join(METHODS)}"
+            )
+        cfg = replace(cfg, methods=methods)
     if args.epochs is not None:
         cfg = replace(cfg, epochs=args.epochs)
     if args.device is not None:

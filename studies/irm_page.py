@@ -94,8 +94,8 @@ def page(results: dict, config: dict, records: Path) -> str:
         "",
         "## Results",
         "",
-        f"Preset `{preset}`: training seeds {_seeds(records)} (of {len(config['seeds'])} the "
-        "preset runs), mean ± std (population) over seeds; train accuracy on",
+        f"Preset `{preset}`: training seeds {_seeds(records)} (the *seeds* column says how many "
+        "each method has), mean ± std (population) over seeds; train accuracy on",
         f"the training images of the run ({_train_images(config)}; noisy labels), test accuracy",
         "on the 9,000 test images. Written by `" + command + "`; `python -m studies.irm "
         "--page-only --preset "
@@ -135,14 +135,18 @@ def page(results: dict, config: dict, records: Path) -> str:
         "## Not measured yet",
         "",
         *([f"- {', '.join(missing)}: not run in preset `{preset}`."] if missing else []),
-        "- AdvMix and RandMix need a StyleGAN2 that can draw these images. The shipped generator",
+        *([f"- {', '.join(few)}: fewer than 5 seeds."] if (few := [m for m, r in rows.items()
+                                                              if r["seeds"] < 5]) else []),  # fmt: skip
+        f"- A StyleGAN2 trained on irmcf images. This page's generator is "
+        f"`{Path(config['generator']).name}`; the shipped one",
         "  (`advmix/assets/cfmnist-G.pt`) was trained on `cfmnist:train-random` (items times a",
-        "  random full-brightness hue), not on irmcf's thresholded red/green items with grey",
-        "  dim pixels; `python -m studies.irm --preset gpu --device cuda` trains one on",
-        "  `irmcf:train` without labels (`advmix gan train --dataset irmcf:train`), chooses its k",
-        "  with `advmix gan evaluate --write-k`, and runs all five methods. `advmix gan train`",
-        "  cannot start from the shipped weights (it has no option to), so fine-tuning is not an",
-        "  option today.",
+        "  random full-brightness hue), not on irmcf's thresholded red/green items with grey dim",
+        "  pixels, so its mixes recolour images to hues irmcf never shows (section above).",
+        "  `python -m studies.irm --preset gpu --device cuda` trains one on `irmcf:train` without",
+        "  labels (`advmix gan train --dataset irmcf:train`), chooses its k with",
+        "  `advmix gan evaluate --write-k`, and runs all five methods. `advmix gan train` cannot",
+        "  start from the shipped weights (it has no option to), so fine-tuning is not an option",
+        "  today.",
         "",
     ])  # fmt: skip
 
@@ -205,7 +209,9 @@ def _verdict(rows: dict) -> str:
                 "is not known: see *Not measured yet*.")  # fmt: skip
     adv, irm = rows["AdvMix"]["test"], rows.get("IRMv1", {}).get("test")
     ok = adv >= 0.70 and (irm is None or adv >= irm)
-    return (f"AdvMix, which uses no environment labels, scores {100 * adv:.1f}% at test"
+    seeds = rows["AdvMix"]["seeds"]
+    return (f"AdvMix, which uses no environment labels, scores {100 * adv:.1f}% at test "
+            f"({seeds} seed{'s' if seeds > 1 else ''})"
             + (f" against IRMv1's {100 * irm:.1f}%" if irm is not None else "")
             + (": at least IRMv1 and at least 70%." if ok else
                ": short of IRMv1's accuracy or of 70%."))  # fmt: skip
