@@ -8,8 +8,9 @@ are started before the clock starts, as a long-lived cluster would be. The FnApi
 this process twice, with torch's own thread count and with ``--torch-threads 1`` (what each
 Dask worker uses), so the figures separate the runner from the thread count.
 
-The FnApiRunner is measured first and last: on a shared machine the two figures show how much
-the load of other processes moved the numbers during the run.
+Each runner is measured twice, in the order A B C D then D C B A, so a drift in the load of
+other processes reaches every runner alike; the ratios use each runner's faster run, and
+``spread`` (slower / faster run of one runner) shows how much the load moved the figures.
 """
 
 from __future__ import annotations
@@ -53,23 +54,30 @@ def run(num_images: int = NUM_IMAGES, steps: int = STEPS, shard: int = SHARD) ->
                     "--steps", str(steps), "--batch-size", str(shard), "--shard-size",
                     str(shard), *extra]  # fmt: skip
 
-        seconds = {"fnapi_first": _encode(argv("fnapi-1"))}
-        for workers in (1, 2):
+        def cluster_run(workers: int, name: str) -> float:
             with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                               host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster:  # fmt: skip
                 address = f"--dask_client_address={cluster.scheduler_address}"
-                seconds[f"dask_{workers}"] = _encode(argv(f"dask-{workers}", "--runner=DaskRunner",
-                                                          address))  # fmt: skip
-        seconds["fnapi_1_thread"] = _encode(argv("fnapi-t1", "--torch-threads", "1"))
-        seconds["fnapi_last"] = _encode(argv("fnapi-2"))
-    fnapi = min(seconds["fnapi_first"], seconds["fnapi_last"])
-    results |= {f"{name}_images_per_s": round(num_images / s, 3) for name, s in seconds.items()}
+                return _encode(argv(name, "--runner=DaskRunner", address))
+
+        runners = {
+            "fnapi": lambda name: _encode(argv(name)),
+            "fnapi_1_thread": lambda name: _encode(argv(name, "--torch-threads", "1")),
+            "dask_1": lambda name: cluster_run(1, name),
+            "dask_2": lambda name: cluster_run(2, name),
+        }
+        seconds: dict[str, list[float]] = {name: [] for name in runners}
+        order = list(runners) + list(reversed(runners))
+        for i, name in enumerate(order):
+            seconds[name].append(runners[name](f"{name}-{i}"))
+    best = {name: min(times) for name, times in seconds.items()}
+    results |= {f"{name}_images_per_s": round(num_images / s, 3) for name, s in best.items()}
+    results |= {f"{name}_spread": round(max(t) / min(t), 3) for name, t in seconds.items()}
     results |= {
-        "dask_1_vs_fnapi": round(fnapi / seconds["dask_1"], 3),
-        "dask_2_vs_fnapi": round(fnapi / seconds["dask_2"], 3),
-        "dask_2_vs_dask_1": round(seconds["dask_1"] / seconds["dask_2"], 3),
-        "dask_1_vs_fnapi_1_thread": round(seconds["fnapi_1_thread"] / seconds["dask_1"], 3),
-        "fnapi_last_vs_first": round(seconds["fnapi_first"] / seconds["fnapi_last"], 3),
+        "dask_1_vs_fnapi": round(best["fnapi"] / best["dask_1"], 3),
+        "dask_2_vs_fnapi": round(best["fnapi"] / best["dask_2"], 3),
+        "dask_2_vs_dask_1": round(best["dask_1"] / best["dask_2"], 3),
+        "dask_1_vs_fnapi_1_thread": round(best["fnapi_1_thread"] / best["dask_1"], 3),
     }
     return results
 
