@@ -145,3 +145,31 @@ def test_an_unreachable_scheduler_is_one_line(nets, tmp_path):
         run(argv)
     assert "\n" not in str(exc.value) and "pipeline stopped" in str(exc.value)
     assert not (tmp_path / "x" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--runner=DaskRunner"], {"npartitions": 3}),
+        (["--runner", "dask", "--dask_client_address=tcp://10.0.0.1:8786"],
+         {"npartitions": 3, "address": "tcp://10.0.0.1:8786"}),
+        (["--runner=DaskRunner", "--dask_npartitions=7"], {"npartitions": 7}),
+        (["--runner=DaskRunner", "--dask_partition_size=2"], {"partition_size": 2}),
+    ],
+)  # fmt: skip
+def test_dask_flags_reach_the_runner(flags, expected, caplog):
+    """What Beam's DaskRunner reads from the options: one partition per shard unless the
+    user chose, and the scheduler's address; nothing logged as unparseable."""
+    from apache_beam.runners.dask.dask_runner import DaskOptions
+
+    from pipeline.engines import DASK_RUNNER, Engine
+
+    engine = Engine(flags)
+    assert engine.is_dask and not engine.runs_here
+    options = engine.options(3)
+    assert options.get_all_options()["runner"] == DASK_RUNNER
+    read = options.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
+    assert {k: read[k] for k in ("npartitions", "partition_size", "address") if k in read} == (
+        expected
+    )
+    assert "unparseable" not in caplog.text
