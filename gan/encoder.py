@@ -51,6 +51,7 @@ from advmix.encoder import (
 from advmix.errors import AdvmixError
 from advmix.perceptual import VGGFeatures
 from advmix.settings import check, setting, settings, spec_of
+from advmix.spec import parse_spec
 from advmix.stylegan import Generator, resolve_k
 from gan.train import images_to_generator_range, iteration_seed, style_mixed_ws
 
@@ -97,6 +98,10 @@ class EncoderTrainConfig:
             raise AdvmixError(f"encoder training: {exc}") from None
         if self.real_steps > 0 and not self.real_data:
             raise AdvmixError("encoder training: --real-steps needs --data (a dataset spec)")
+        if self.real_data and self.real_steps == 0:  # the data would be silently ignored
+            raise AdvmixError("encoder training: --data needs --real-steps N (N > 0)")
+        if self.real_data:
+            parse_spec(self.real_data)  # a bad spec is one line now, not after the first phase
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -200,6 +200,21 @@ def test_train_with_an_unknown_scheme_or_a_text_file_as_generator(capsys, nets, 
     assert code == 1 and "not a readable classifier checkpoint" in one_error_line(err)
 
 
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--data", "irmcf:nope", "--real-steps", "1"], "unknown split 'nope'"),
+        (["--data", "cfmnist:train-random?limit=8"], "--data needs --real-steps N"),
+    ],
+)
+def test_encoder_training_data_is_checked_before_any_step(capsys, nets, tmp_path, flags, words):
+    out = tmp_path / "enc"
+    code, _, err = cli(capsys, "encoder", "train", "--generator", nets["G"], "--features",
+                       nets["F"], "--out", str(out), "--steps", "5", *flags)  # fmt: skip
+    assert code == 1 and words in one_error_line(err)
+    assert not (out / "checkpoint.pt").exists()
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
 def test_non_finite_learning_rates_are_usage_errors(capsys, nets, tmp_path, value):
     code, _, err = cli(capsys, "train", "--store", nets["store"], "--generator", nets["G"],
