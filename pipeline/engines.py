@@ -92,13 +92,18 @@ class Engine:
 
         workers = max(1, min(os.cpu_count() or 1, 8))
         log.info("starting a local Dask cluster of %d worker processes", workers)
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                          dashboard_address="127.0.0.1:0") as cluster:  # fmt: skip
-            self.cluster = cluster
-            try:
+        # Starting workers sets OMP_NUM_THREADS=1 and the like in this process's environment
+        # for good; the caller's process (a notebook, a test run) gets its own back.
+        environ = dict(os.environ)
+        try:
+            with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                              dashboard_address="127.0.0.1:0") as cluster:  # fmt: skip
+                self.cluster = cluster
                 yield self
-            finally:
-                self.cluster = None
+        finally:
+            self.cluster = None
+            os.environ.clear()
+            os.environ.update(environ)
 
     def run(self, name: str, pipeline: beam.Pipeline) -> None:
         """Run ``pipeline`` to the end; a failure is one line that says how to go on."""

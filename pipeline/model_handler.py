@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from advmix.perceptual import load_features
 from pipeline.artifacts import local_copy
 
 log = logging.getLogger("pipeline.encode")
+_PROJECTORS: dict[str, Projector] = {}  # this process's projector, by the job that made it
 
 
 @dataclass(frozen=True)
@@ -161,9 +163,17 @@ class InversionModelHandler(ModelHandler[ShardWork, dict, Projector]):
         self._share_across_processes = large_model
         self._args = (generator_path, features, cfg, device, storage_options, encoder_path,
                       threads)  # fmt: skip
+        self._job = uuid.uuid4().hex
 
     def load_model(self) -> Projector:
-        return Projector(*self._args)
+        # Beam shares a model between the bundles of one DoFn instance; a runner that builds a
+        # new instance per task (Dask: one per partition, i.e. per shard) would load the
+        # networks again for every shard. One projector per process and job instead (a later
+        # job may read other files at the same paths).
+        if self._job not in _PROJECTORS:
+            _PROJECTORS.clear()  # another job's networks are not needed any more
+            _PROJECTORS[self._job] = Projector(*self._args)
+        return _PROJECTORS[self._job]
 
     def run_inference(
         self, batch: Sequence[ShardWork], model: Projector, inference_args=None

@@ -49,6 +49,15 @@ def _png(image) -> bytes:
 
 @pytest.fixture(scope="module")
 def cluster():
+    # Starting worker processes sets OMP_NUM_THREADS=1 and the like in this process's
+    # environment and leaves them: later tests' subprocesses would run with other thread counts.
+    environ = dict(os.environ)
+    yield from _cluster()
+    os.environ.clear()
+    os.environ.update(environ)
+
+
+def _cluster():
     with distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
         dashboard_address="127.0.0.1:0",
