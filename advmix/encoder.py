@@ -151,7 +151,21 @@ class _DownBlock(nn.Module):
         return features, F.leaky_relu(self.down(features), _SLOPE)
 
 
-class Encoder(nn.Module):
+class StylePredictor(nn.Module):
+    """What every encoder kind shares: its config, and the W+ shape it predicts."""
+
+    cfg: EncoderConfig
+
+    @property
+    def num_ws(self) -> int:
+        return self.cfg.num_ws
+
+    @property
+    def w_dim(self) -> int:
+        return self.cfg.w_dim
+
+
+class Encoder(StylePredictor):
     """Images [B, C, R, R] in [-1, 1] -> W+ styles [B, num_ws, w_dim] (module docstring)."""
 
     def __init__(self, cfg: EncoderConfig, w_avg: Tensor | None = None):
@@ -184,14 +198,6 @@ class Encoder(nn.Module):
             raise ValueError(f"w_avg must be [{cfg.w_dim}], got {list(w_avg.shape)}")
         self.register_buffer("w_avg", w_avg.detach().to(torch.float32).clone())
 
-    @property
-    def num_ws(self) -> int:
-        return self.cfg.num_ws
-
-    @property
-    def w_dim(self) -> int:
-        return self.cfg.w_dim
-
     def attach(self, G) -> Encoder:
         """A direct encoder needs no generator to predict; here for the common interface."""
         return self
@@ -221,7 +227,7 @@ class Encoder(nn.Module):
         return torch.stack(offsets, dim=1)
 
 
-class IterativeEncoder(nn.Module):
+class IterativeEncoder(StylePredictor):
     """A direct ``base`` pass, then ``passes`` residual passes of ``refiner`` (module
     docstring). The refiner's heads start at zero, so an untrained refiner keeps the base's
     prediction."""
@@ -232,14 +238,6 @@ class IterativeEncoder(nn.Module):
         self.base = Encoder(cfg.trunk(), w_avg=w_avg)
         self.refiner = Encoder(cfg.trunk(2 * cfg.img_channels))
         self._generator: list = []  # a list, so the generator is not a submodule of ours
-
-    @property
-    def num_ws(self) -> int:
-        return self.cfg.num_ws
-
-    @property
-    def w_dim(self) -> int:
-        return self.cfg.w_dim
 
     @property
     def w_avg(self) -> Tensor:
