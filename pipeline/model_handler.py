@@ -12,7 +12,6 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +22,7 @@ from advmix.checkpoints import generator_fingerprint, load_generator
 from advmix.errors import AdvmixError
 from advmix.inversion import InversionConfig, invert, mean_style
 from advmix.perceptual import load_features
+from advmix.threads import torch_threads
 from pipeline.artifacts import local_copy
 
 log = logging.getLogger("pipeline.encode")
@@ -112,21 +112,6 @@ class Projector:
             "rec_psnr": result.rec_psnr.numpy(),
             "loss": result.loss.numpy(),
         }
-
-
-@contextmanager
-def torch_threads(count: int | None):
-    """Run with ``count`` intra-op threads, then restore the process's own: CPU float results
-    depend on the thread count, and an in-process runner shares its process with the launcher."""
-    if count is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def load_matching_encoder(path: str, G, device):

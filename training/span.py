@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import numpy as np
 import torch
 
+from advmix.threads import torch_threads
 from schemas.reader import Store
 from training.shuffle import ShuffleBuffer
 
@@ -79,23 +79,6 @@ def _cat(parts: list[dict]) -> dict:
 
 def _len(payload: dict | None) -> int:
     return 0 if payload is None else len(payload["index"])
-
-
-@contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Torch on one thread in this thread for the block. A batch's float16 -> float32 cast is
-    small; torch's parallel cast would wait at a barrier for cores busy with the reader's
-    decode and hash threads (on 2 cores a 256-sample batch took ~4 ms instead of ~0.05 ms).
-    Torch's thread count is per thread, so the training loop's other threads keep theirs."""
-    threads = torch.get_num_threads()
-    if threads == 1:  # DataLoader workers run torch on one thread already
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class WorkerIterator:
@@ -176,7 +159,10 @@ class WorkerIterator:
                 yield final
 
     def _batch(self, out: dict) -> dict:
-        with one_torch_thread():
+        # A batch's float16 -> float32 cast is small; torch's parallel cast would wait at a
+        # barrier for cores busy with the reader's decode and hash threads (on 2 cores a
+        # 256-sample batch took ~4 ms instead of ~0.05 ms). The count is per thread.
+        with torch_threads(1):
             batch = {
                 # torch widens float16 ~6x faster than numpy (13 vs 2 ms per 4096 x 8 x 128)
                 "w": torch.from_numpy(np.ascontiguousarray(out["w"])).float(),
