@@ -76,6 +76,11 @@ class AdvMixConfig:
     style_samples: int = setting(
         10_000, "map(z) draws the box or ball is fitted to.", low=2, fixed=True
     )
+    mix_images: str = setting(
+        "generated", "What a mix looks like: the generator's image of the mixed styles "
+        "(Algorithm 2), or the real image plus the change the mix makes to its reconstruction.",
+        choices=("generated", "residual"), fixed=True,
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         check(self)
@@ -110,15 +115,46 @@ class AttackResult:
     evaluations: int = 0  # mixes decoded and checked: 1 .. (K + 1) * restarts each
 
 
+class GeneratedMixes:
+    """A mix is the generator's image of the mixed styles (Algorithm 2)."""
+
+    def __call__(self, rows: Tensor, decoded: Tensor) -> Tensor:
+        return decoded
+
+
+class ResidualMixes:
+    """A mix is the real image plus the change the new fine styles make to its reconstruction,
+    ``x + G(mix) - G(w)``: the image keeps the real details the generator cannot reproduce, so a
+    classifier cannot tell mixes from real images by their blur and keep using colour on the
+    sharp ones."""
+
+    def __init__(self, x: Tensor, reconstruction: Tensor) -> None:
+        self.detail = (x - reconstruction).detach()  # [B, C, H, W]
+
+    def __call__(self, rows: Tensor, decoded: Tensor) -> Tensor:
+        return (decoded + self.detail[rows]).clamp(0.0, 1.0)
+
+
+def mix_images(kind: str, x: Tensor | None, reconstruction: Callable[[], Tensor]):
+    """The images mixes become; without real images (a store without them) the generated ones."""
+    if kind == "residual" and x is not None:
+        return ResidualMixes(x, reconstruction())
+    return GeneratedMixes()
+
+
 @torch.no_grad()
 def randmix(
-    G: Generator, w: Tensor, k: int, generator: torch.Generator | None = None
-) -> tuple[Tensor, Tensor]:
-    """RandMix: (images in [0, 1], styles) with the fine styles of one random ``map(z)``."""
+    G: Generator, w: Tensor, k: int, generator: torch.Generator | None = None,
+    x: Tensor | None = None, kind: str = "generated",
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """RandMix: (images in [0, 1], styles) with the fine styles of one random ``map(z)``
+    (``kind`` and the real images ``x``: ``AdvMixConfig.mix_images``)."""
     device = w.device
     fine = G.mapping(torch.randn((len(w), G.z_dim), generator=generator).to(device))[:, k:]
     ws = torch.cat([w[:, :k], fine], dim=1)
-    return to_unit(G.synthesis(ws, noise_mode="const")), ws
+    look = mix_images(kind, x, lambda: to_unit(G.synthesis(w, noise_mode="const")))
+    rows = torch.arange(len(w), device=device)
+    return look(rows, to_unit(G.synthesis(ws, noise_mode="const"))), ws
 
 
 class KeptMixes:
@@ -168,20 +204,23 @@ def advmix(
     cfg: AdvMixConfig | None = None,
     generator: torch.Generator | None = None,
     objective: SingleLabel | MultiLabel = SINGLE_LABEL,
+    x: Tensor | None = None,
 ) -> AttackResult:
     """Algorithm 2, batched; see the module docstring. ``w`` [B, L, D], ``y`` the targets
-    (``objective``: [B] classes, or [B, A] attributes, where any wrong attribute fools)."""
+    (``objective``: [B] classes, or [B, A] attributes, where any wrong attribute fools);
+    ``x`` the real images, which ``cfg.mix_images == "residual"`` mixes are made from."""
     cfg = cfg or AdvMixConfig()
     w = w.detach().to(torch.float32)
     kept = KeptMixes(w[:, k:].clone(), G.cfg.img_channels, G.cfg.resolution)
     evaluations = 0
     with torch.no_grad():  # the content of every mix: computed once, not per iterate
         coarse = G.synthesis_coarse(w[:, :k], noise_mode="const")
+        look = mix_images(cfg.mix_images, x, lambda: to_unit(G.synthesis_fine(coarse, w[:, k:])))
 
     def loss_of(a: Ascent) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(fine styles, images, logits, per-example cross-entropy) at the current iterate."""
         fine = style_set.fine(G, a.cur)
-        images = to_unit(G.synthesis_fine(a.coarse, fine))
+        images = look(a.idx, to_unit(G.synthesis_fine(a.coarse, fine)))
         logits = model(images)
         return fine, images, logits, objective.loss(logits, a.y)
 

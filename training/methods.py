@@ -94,13 +94,13 @@ def adversarial(ctx: MethodContext, x, w, y, generator) -> TrainBatch:
 
 
 def randmix(ctx: MethodContext, x, w, y, generator) -> TrainBatch:
-    images, _ = attacks.randmix(ctx.G, w, ctx.k, generator)
+    images, _ = attacks.randmix(ctx.G, w, ctx.k, generator, x, ctx.cfg.attack.mix_images)
     return with_perturbed(ctx, x, y, images, {"evaluations": len(y)})
 
 
 def advmix(ctx: MethodContext, x, w, y, generator) -> TrainBatch:
     result = attacks.advmix(ctx.model, ctx.G, w, y, ctx.k, ctx.style_set, ctx.cfg.attack,
-                            generator, ctx.objective)  # fmt: skip
+                            generator, ctx.objective, x)  # fmt: skip
     info = {"fooled": result.fooled.float().mean().item(), "evaluations": result.evaluations}
     return with_perturbed(ctx, x, y, result.images, info)
 
