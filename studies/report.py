@@ -26,13 +26,37 @@ def aggregate(results: list[dict]) -> dict[tuple[float, str], dict[str, tuple[fl
 
 
 def markdown_table(results: list[dict], names: dict[str, str]) -> str:
+    """Mean ± std over seeds per (sigma, method); with the runs' epochs and mean training
+    seconds when the rows carry them (equal compute is read off the table)."""
     stats = aggregate(results)
     seeds = len({r["seed"] for r in results})
     cell = (lambda m, s: f"{m:.3f} ± {s:.3f}") if seeds > 1 else (lambda m, s: f"{m:.3f}")
-    lines = ["| sigma | method | iid | random | swapped |", "|---|---|---|---|---|"]
+    timed = all("train_s" in r for r in results)
+    head = "| sigma | method | " + ("seeds | epochs | training s | " if timed else "")
+    lines = [head + "iid | random | swapped |", "|---" * (head.count("|") + 2) + "|"]
     for (sigma, method), split_stats in stats.items():
         cells = " | ".join(cell(*split_stats[s]) for s in SPLITS)
+        if timed:
+            rows = [r for r in results if r["sigma"] == sigma and r["method"] == method]
+            epochs = "/".join(map(str, sorted({r["epochs"] for r in rows})))
+            seconds = np.mean([r["train_s"] for r in rows])
+            cells = f"{len(rows)} | {epochs} | {seconds:.0f} | {cells}"
         lines.append(f"| {sigma:g} | {names.get(method, method)} | {cells} |")
+    return "\n".join(lines)
+
+
+def equal_compute_verdict(results: list[dict], names: dict[str, str]) -> str:
+    """AdvMix against RandMix given AdvMix's seconds, per split; a lead within the larger of
+    the two standard deviations is called level."""
+    stats = {method: split_stats for (_, method), split_stats in aggregate(results).items()}
+    if "advmix" not in stats or "randmix-long" not in stats:
+        return ""
+    lines = []
+    for split in SPLITS:
+        (a, sa), (b, sb) = stats["advmix"][split], stats["randmix-long"][split]
+        lines.append(f"- `{split}`: AdvMix {a:.3f} ± {sa:.3f}, {names['randmix-long']} "
+                     f"{b:.3f} ± {sb:.3f}: AdvMix is {standing(a - b, max(sa, sb))} "
+                     f"({a - b:+.3f}).")  # fmt: skip
     return "\n".join(lines)
 
 

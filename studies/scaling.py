@@ -17,14 +17,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from advmix import shipped
 from cli.main import main as advmix_cli
-from studies.study import ARMS, StudyConfig, Timings, accuracies, encode, evaluate, say, train
+from studies.study import (
+    ARMS,
+    StudyConfig,
+    Timings,
+    accuracies,
+    encode,
+    equal_compute_epochs,
+    evaluate,
+    metric_records,
+    say,
+    train,
+    train_seconds,
+)
 
 # What every run of the scaling study shares (store sizes and epochs come from ScalingConfig).
 BASE = StudyConfig(
@@ -80,23 +91,6 @@ ALL_DATA = ScalingConfig(
     equal_compute=(60000,),
 )
 PRESETS = {"cpu": CPU, "full": FULL, "all-data": ALL_DATA}
-
-
-def metric_records(run_dir: Path, event: str) -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r.get("event") == event]
-
-
-def train_seconds(run_dir: Path) -> float:
-    """Seconds the run spent in training steps (its last epoch record; resumes included)."""
-    return float(metric_records(run_dir, "epoch")[-1]["train_s"])
-
-
-def equal_compute_epochs(advmix_run: Path, randmix_run: Path, randmix_epochs: int) -> int:
-    """The fewest epochs of RandMix that take at least as long as the AdvMix run did: epochs are
-    whole, and the comparison must not short-change RandMix."""
-    per_epoch = train_seconds(randmix_run) / randmix_epochs
-    return max(randmix_epochs + 1, math.ceil(train_seconds(advmix_run) / per_epoch))
 
 
 def run_scaling(cfg: ScalingConfig, out: Path) -> list[dict]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,11 +60,15 @@ class StudyConfig:
     encoder: str | None = None  # Algorithm 1 starts from this encoder's prediction (else the mean)
     device: str = "cpu"  # where the encode job and training run
     extra_train_flags: tuple[str, ...] = field(default_factory=tuple)
+    # Also train RandMix for as many epochs as fit in each seed's AdvMix seconds (randmix-long).
+    equal_compute: bool = False
 
 
 # The demo starts Algorithm 1 from the shipped encoder's prediction: 10 steps from there give
 # better latents than 40 from the mean at a quarter of the cost (docs/encoding.md).
-DEMO = StudyConfig(encode_steps=10, encoder=str(shipped.ENCODER))
+# Three seeds and RandMix at AdvMix's seconds: one seed swings by several points with the CPU.
+DEMO = StudyConfig(encode_steps=10, encoder=str(shipped.ENCODER), seeds=(0, 1, 2),
+                   equal_compute=True)  # fmt: skip
 FULL = StudyConfig(
     sigmas=(0.02, 0.05, 0.1),
     seeds=(0, 1, 2),
@@ -135,6 +140,23 @@ def evaluate(cfg: StudyConfig, model: Path, sigma: float, out_json: Path) -> dic
     return accuracies(out_json)
 
 
+def metric_records(run_dir: Path, event: str) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r.get("event") == event]
+
+
+def train_seconds(run_dir: Path) -> float:
+    """Seconds the run spent in training steps (its last epoch record; resumes included)."""
+    return float(metric_records(run_dir, "epoch")[-1]["train_s"])
+
+
+def equal_compute_epochs(advmix_run: Path, randmix_run: Path, randmix_epochs: int) -> int:
+    """The fewest epochs of RandMix that take at least as long as the AdvMix run did: epochs are
+    whole, and the comparison must not short-change RandMix."""
+    per_epoch = train_seconds(randmix_run) / randmix_epochs
+    return max(randmix_epochs + 1, math.ceil(train_seconds(advmix_run) / per_epoch))
+
+
 def accuracies(eval_json: Path) -> dict[str, float]:
     """{split: accuracy} of an evaluation the study wrote."""
     rows = json.loads(eval_json.read_text())["results"]
@@ -182,17 +204,32 @@ def run_study(cfg: StudyConfig, out: Path) -> list[dict]:
         timings.record(f"encode sigma-{sigma:g}", time.perf_counter() - started)
     results = []
     for sigma in cfg.sigmas:
+        runs = out / "runs" / f"sigma-{sigma:g}"
         for method in cfg.methods:
             for seed in cfg.seeds:
-                run_dir = out / "runs" / f"sigma-{sigma:g}" / f"{method}-seed{seed}"
-                started = time.perf_counter()
-                model = train(cfg, method, stores[sigma], seed, run_dir)
-                accuracy = evaluate(cfg, model, sigma, run_dir / "eval.json")
-                seconds = time.perf_counter() - started
-                timings.record(f"{method} sigma-{sigma:g} seed-{seed}", seconds)
-                results.append({"sigma": sigma, "method": method, "seed": seed, **accuracy})
-                say(f"{ARMS[method].name:>22} sigma {sigma:g} seed {seed}: "
-                    + ", ".join(f"{s} {accuracy[s]:.3f}" for s in SPLITS)
-                    + f" ({seconds:.0f}s)")  # fmt: skip
+                results.append(study_run(cfg, method, stores[sigma], sigma, seed, runs, timings))
+        if not cfg.equal_compute:
+            continue
+        for seed in cfg.seeds:
+            epochs = equal_compute_epochs(runs / f"advmix-seed{seed}", runs / f"randmix-seed{seed}",
+                                          cfg.epochs)  # fmt: skip
+            long_cfg = dataclasses.replace(cfg, epochs=epochs)
+            results.append(study_run(long_cfg, "randmix-long", stores[sigma], sigma, seed, runs,
+                                     timings))  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def study_run(cfg: StudyConfig, method: str, store: Path, sigma: float, seed: int, runs: Path,
+              timings: Timings) -> dict:  # fmt: skip
+    """Train and evaluate one arm and seed: a results row with its epochs and training seconds."""
+    run_dir = runs / f"{method}-seed{seed}"
+    started = time.perf_counter()
+    model = train(cfg, method, store, seed, run_dir)
+    accuracy = evaluate(cfg, model, sigma, run_dir / "eval.json")
+    seconds = time.perf_counter() - started
+    timings.record(f"{method} sigma-{sigma:g} seed-{seed}", seconds)
+    say(f"{ARMS[method].name:>22} sigma {sigma:g} seed {seed}: "
+        + ", ".join(f"{s} {accuracy[s]:.3f}" for s in SPLITS) + f" ({seconds:.0f}s)")  # fmt: skip
+    return {"sigma": sigma, "method": method, "seed": seed, "epochs": cfg.epochs,
+            "train_s": round(train_seconds(run_dir), 1), **accuracy}  # fmt: skip

@@ -13,7 +13,7 @@ from tests.tiny_nets import tiny_generator
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
     cfg = StudyConfig(
-        methods=("nominal", "advmix"),
+        methods=("nominal", "randmix", "advmix"),
         train_images=48,
         encode_steps=2,
         encode_batch=16,
@@ -23,15 +23,27 @@ def study(tmp_path_factory):
         test_limit=40,
         generator=str(tiny_generator(out / "G.pt", k=4)),
         extra_train_flags=("--no-progress",),
+        equal_compute=True,
     )
     return cfg, out, run_study(cfg, out / "run")
 
 
 def test_study_trains_every_method_from_one_store(study):
     cfg, out, results = study
-    assert [(r["method"], r["seed"]) for r in results] == [("nominal", 0), ("advmix", 0)]
+    assert [(r["method"], r["seed"]) for r in results] == [
+        ("nominal", 0), ("randmix", 0), ("advmix", 0), ("randmix-long", 0)]  # fmt: skip
     for row in results:
         assert all(0.0 <= row[split] <= 1.0 for split in ("iid", "random", "swapped"))
+        assert row["train_s"] > 0
+
+
+def test_randmix_gets_at_least_advmix_seconds(study):
+    cfg, out, results = study
+    rows = {r["method"]: r for r in results}
+    assert rows["randmix-long"]["epochs"] > rows["randmix"]["epochs"] == cfg.epochs
+    # whole epochs, predicted from RandMix's own epoch time: never fewer than AdvMix needed
+    per_epoch = rows["randmix"]["train_s"] / rows["randmix"]["epochs"]
+    assert rows["randmix-long"]["epochs"] * per_epoch >= rows["advmix"]["train_s"]
     assert len(list((out / "run" / "stores").iterdir())) == 1
     assert json.loads((out / "run" / "results.json").read_text()) == results
 
@@ -47,7 +59,9 @@ def test_rerun_reuses_every_step(study, capsys):
 def test_report_has_table_plot_and_grids(study):
     cfg, out, results = study
     report = write_report(cfg, out / "run", results, wall_s=1.0).read_text()
-    assert "| 0.05 | AdvMix |" in report and "| 0.05 | nominal |" in report
+    assert "| 0.05 | AdvMix | 1 | 1 |" in report and "| 0.05 | nominal |" in report
+    assert "| 0.05 | RandMix, AdvMix's seconds | 1 |" in report
+    assert "- `random`: AdvMix" in report and "- `swapped`: AdvMix" in report
     for picture in ("accuracy.png", "reconstructions.png", "adversarial-mixes.png"):
         assert f"]({picture})" in report and (out / "run" / picture).stat().st_size > 1000
 
@@ -56,7 +70,8 @@ def test_timings_keep_every_step_across_sittings(study):
     cfg, out, results = study
     seconds = json.loads((out / "run" / "timings.json").read_text())
     assert set(seconds) == {"encode sigma-0.05", "nominal sigma-0.05 seed-0",
-                            "advmix sigma-0.05 seed-0"}  # fmt: skip
+                            "randmix sigma-0.05 seed-0", "advmix sigma-0.05 seed-0",
+                            "randmix-long sigma-0.05 seed-0"}  # fmt: skip
 
 
 def test_timings_add_up_over_sittings(tmp_path):
