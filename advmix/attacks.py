@@ -113,6 +113,7 @@ class AttackResult:
     fooled: Tensor  # [B] bool: the kept mix is misclassified
     loss: Tensor  # [B] cross-entropy of the kept mix
     evaluations: int = 0  # mixes decoded and checked: 1 .. (K + 1) * restarts each
+    starts: Tensor | None = None  # [B, 3, H, W]: the first restart's start, a RandMix sample
 
 
 class GeneratedMixes:
@@ -212,7 +213,7 @@ def advmix(
     cfg = cfg or AdvMixConfig()
     w = w.detach().to(torch.float32)
     kept = KeptMixes(w[:, k:].clone(), G.cfg.img_channels, G.cfg.resolution)
-    evaluations = 0
+    evaluations, starts = 0, None
     with torch.no_grad():  # the content of every mix: computed once, not per iterate
         coarse = G.synthesis_coarse(w[:, :k], noise_mode="const")
         look = mix_images(cfg.mix_images, x, lambda: to_unit(G.synthesis_fine(coarse, w[:, k:])))
@@ -235,6 +236,8 @@ def advmix(
             for step in range(cfg.steps + 1):
                 fine, images, logits, loss = loss_of(a)
                 wrong = objective.wrong(logits, a.y)  # the 0-1 loss
+                if starts is None:  # every row's first iterate: a RandMix sample, for free
+                    starts = images.detach()
                 evaluations += len(a.idx)
                 kept.record(a.idx, fine, images, wrong, loss)
                 if step == cfg.steps:
@@ -260,7 +263,7 @@ def advmix(
                 else:
                     a.cur = nxt.detach().requires_grad_(True)
     best_ws = torch.cat([w[:, :k], kept.fine], dim=1)
-    return AttackResult(kept.images.detach(), best_ws, kept.fooled, kept.loss, evaluations)
+    return AttackResult(kept.images.detach(), best_ws, kept.fooled, kept.loss, evaluations, starts)
 
 
 # ----------------------------------------------------------------------------------------------

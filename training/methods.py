@@ -75,10 +75,11 @@ class MixupBatch(TrainBatch):
         return (self.lam * hits_a + (1 - self.lam) * hits_b).mean()
 
 
-def with_perturbed(ctx: MethodContext, x: Tensor, y: Tensor, perturbed: Tensor, info=None):
-    if ctx.cfg.train_on == "both":
-        return TrainBatch(torch.cat([x, perturbed]), torch.cat([y, y]), ctx.objective, info or {})
-    return TrainBatch(perturbed, y, ctx.objective, info or {})
+def with_perturbed(ctx: MethodContext, x: Tensor, y: Tensor, *perturbed: Tensor, info=None):
+    """The nominal batch (``train_on == "both"``) and every perturbed copy of it."""
+    inputs = [x, *perturbed] if ctx.cfg.train_on == "both" else list(perturbed)
+    return TrainBatch(torch.cat(inputs), y.repeat(len(inputs), *[1] * (y.dim() - 1)),
+                      ctx.objective, info or {})  # fmt: skip
 
 
 def nominal(ctx: MethodContext, x, w, y, generator) -> TrainBatch:
@@ -95,14 +96,15 @@ def adversarial(ctx: MethodContext, x, w, y, generator) -> TrainBatch:
 
 def randmix(ctx: MethodContext, x, w, y, generator) -> TrainBatch:
     images, _ = attacks.randmix(ctx.G, w, ctx.k, generator, x, ctx.cfg.attack.mix_images)
-    return with_perturbed(ctx, x, y, images, {"evaluations": len(y)})
+    return with_perturbed(ctx, x, y, images, info={"evaluations": len(y)})
 
 
 def advmix(ctx: MethodContext, x, w, y, generator) -> TrainBatch:
     result = attacks.advmix(ctx.model, ctx.G, w, y, ctx.k, ctx.style_set, ctx.cfg.attack,
                             generator, ctx.objective, x)  # fmt: skip
     info = {"fooled": result.fooled.float().mean().item(), "evaluations": result.evaluations}
-    return with_perturbed(ctx, x, y, result.images, info)
+    extra = (result.starts,) if ctx.cfg.random_mixes else ()
+    return with_perturbed(ctx, x, y, result.images, *extra, info=info)
 
 
 def mixup(ctx: MethodContext, x, w, y, generator) -> TrainBatch:
