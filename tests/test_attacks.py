@@ -74,6 +74,40 @@ def test_advmix_fools_at_least_where_randmix_does(G, toy):
     assert torch.equal(result.ws[:, :K], w[:, :K])  # content (coarse styles) untouched
 
 
+def test_advmix_returns_its_random_start_for_every_example(G, toy):
+    """--random-mixes trains on these: they must be the RandMix sample of the same stream, for
+    every example, also for those the start itself fooled."""
+    model, w, y = toy
+    images, _ = attacks.randmix(G, w, K, torch.Generator().manual_seed(7))
+    result = attacks.advmix(model, G, w, y, K, fitted(G, "ball"), budget(steps=3),
+                            torch.Generator().manual_seed(7))  # fmt: skip
+    assert result.starts.shape == images.shape
+    torch.testing.assert_close(result.starts, images, atol=1e-5, rtol=0)
+
+
+def test_residual_mixes_keep_the_real_details(G, toy):
+    """A residual mix is x + G(mix) - G(w) in [0, 1]: with the image's own fine styles it is the
+    real image, and it differs from the generated mix by exactly the real image's detail."""
+    model, w, y = toy
+    with torch.no_grad():
+        reconstruction = to_unit(G.synthesis(w, noise_mode="const"))
+    x = (reconstruction + 0.05 * torch.randn(reconstruction.shape,
+                                             generator=torch.Generator().manual_seed(3))).clamp(0, 1)
+    generated, _ = attacks.randmix(G, w, K, torch.Generator().manual_seed(7))
+    residual, _ = attacks.randmix(G, w, K, torch.Generator().manual_seed(7), x, "residual")
+    torch.testing.assert_close(residual, (generated + x - reconstruction).clamp(0, 1))
+    own = attacks.ResidualMixes(x, reconstruction)
+    torch.testing.assert_close(own(torch.arange(len(x)), reconstruction), x)
+    # the attack decodes through the same images: its kept mixes are residual mixes too
+    cfg = budget(steps=2, mix_images="residual")
+    result = attacks.advmix(model, G, w, y, K, fitted(G, "ball"), cfg,
+                            torch.Generator().manual_seed(7), x=x)  # fmt: skip
+    with torch.no_grad():
+        plain = to_unit(G.synthesis(result.ws, noise_mode="const"))
+    torch.testing.assert_close(result.images, (plain + x - reconstruction).clamp(0, 1),
+                               atol=1e-5, rtol=0)  # fmt: skip
+
+
 @pytest.mark.parametrize("kind", ["box", "ball"])
 def test_projection_keeps_styles_in_the_set(G, kind):
     style_set = fitted(G, kind)
