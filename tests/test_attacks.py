@@ -91,8 +91,10 @@ def test_residual_mixes_keep_the_real_details(G, toy):
     model, w, y = toy
     with torch.no_grad():
         reconstruction = to_unit(G.synthesis(w, noise_mode="const"))
-    x = (reconstruction + 0.05 * torch.randn(reconstruction.shape,
-                                             generator=torch.Generator().manual_seed(3))).clamp(0, 1)
+    x = (
+        reconstruction
+        + 0.05 * torch.randn(reconstruction.shape, generator=torch.Generator().manual_seed(3))
+    ).clamp(0, 1)
     generated, _ = attacks.randmix(G, w, K, torch.Generator().manual_seed(7))
     residual, _ = attacks.randmix(G, w, K, torch.Generator().manual_seed(7), x, "residual")
     torch.testing.assert_close(residual, (generated + x - reconstruction).clamp(0, 1))
