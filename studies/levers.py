@@ -1,15 +1,21 @@
-"""What would close AdvMix's gap to the ceiling? Two levers against the label noise the scaling
-study measured, each tried on its own.
+"""What would close AdvMix's gap to the ceiling? Levers on the method, each tried on its own.
 
     python -m studies.levers [--out runs/scaling] [--device cpu]
 
 At the scaling study's smallest point (sigma 0.02, 1024 training images, 10 epochs, seeds 0-2),
-AdvMix is trained again with one lever changed:
+AdvMix is trained again with one lever changed (``LEVERS``):
 
+- Algorithm 2 as the paper gives it (each example's nominal image and its worst-case mix);
 - a smaller projection ball (radius 0.25 instead of 0.5): the fine styles of a worst-case mix stay
   closer to the image's own, so fewer mixes should lose their class;
 - latents from 40 inversion steps instead of 10: reconstructions that keep their class more often
-  (docs/encoding.md), so mixes start from images that still show it.
+  (docs/encoding.md), so mixes start from images that still show it;
+- residual mixes (``--mix-images residual``): the real image plus the change a mix makes to its
+  reconstruction, so mixes keep the real image's details;
+- the random start as a third example (``--train-on both+random``): each example's RandMix sample, which
+  the attack decodes anyway, beside its worst-case mix;
+- that with fewer ascent steps (K = 2): cheaper per step;
+- mixes alone (``--train-on mixes``): no nominal image, whose colour is the shortcut.
 
 The unchanged AdvMix and the nominal runs are the scaling study's own (reused from ``--out``,
 trained when missing). Every AdvMix classifier is attacked once more with its own training budget
@@ -36,12 +42,23 @@ class Lever:
     slug: str  # folder of its runs under OUT/levers/ ("" : the scaling study's own runs)
     encode_steps: int = 10
     attack_flags: tuple[str, ...] = ()  # AdvMix options, for training and the mix report alike
+    train_flags: tuple[str, ...] = ()  # other training options
 
 
+# The first row is the scaling study's own AdvMix (today's defaults); the others change one thing.
 LEVERS = (
     Lever("AdvMix as in the scaling study", ""),
     Lever("ball radius 0.25 (study: 0.5)", "radius-0.25", attack_flags=("--ball-radius", "0.25")),
     Lever("40 inversion steps (study: 10)", "steps-40", encode_steps=40),
+    Lever("residual mixes", "residual", attack_flags=("--mix-images", "residual")),
+    Lever("+ random mixes", "random-mixes", train_flags=("--train-on", "both+random")),
+    Lever(
+        "+ random mixes, K = 2",
+        "random-mixes-k2",
+        attack_flags=("--attack-steps", "2"),
+        train_flags=("--train-on", "both+random"),
+    ),  # fmt: skip
+    Lever("mixes alone, no nominal images", "mixes-alone", train_flags=("--train-on", "mixes")),
 )
 IMAGES, EPOCHS = 1024, 10  # the scaling study's smallest point: every lever costs minutes there
 
@@ -61,7 +78,7 @@ def run_levers(cfg: scaling.ScalingConfig, out: Path, images: int = IMAGES,
     for lever in LEVERS:
         lever_cfg = dataclasses.replace(
             size, encode_steps=lever.encode_steps,
-            extra_train_flags=(*size.extra_train_flags, *lever.attack_flags),
+            extra_train_flags=(*size.extra_train_flags, *lever.attack_flags, *lever.train_flags),
         )  # fmt: skip
         store = study_store
         if lever.encode_steps != size.encode_steps:
@@ -81,6 +98,7 @@ def run_levers(cfg: scaling.ScalingConfig, out: Path, images: int = IMAGES,
                   / (ceiling - nominal[r["seed"]]["random"]) for r in runs_of_lever]  # fmt: skip
         rows.append({
             "lever": lever.name, "store": str(store),
+            "train_s": mean_std([r["train_s"] for r in runs_of_lever]),
             **{split: mean_std([r[split] for r in runs_of_lever])
                for split in ("iid", "random", "swapped")},
             "gap_closed": mean_std(closed),
@@ -93,11 +111,12 @@ def run_levers(cfg: scaling.ScalingConfig, out: Path, images: int = IMAGES,
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| AdvMix | iid | random | swapped | gap closed | trained classifier fooled by a "
-             "worst-case mix | of those, keep the class | label noise |",
-             "|---" * 8 + "|"]  # fmt: skip
+    lines = ["| AdvMix | training s | iid | random | swapped | gap closed | trained classifier "
+             "fooled by a worst-case mix | of those, keep the class | label noise |",
+             "|---" * 9 + "|"]  # fmt: skip
     for row in rows:
-        cells = [f"{row[s][0]:.3f} ± {row[s][1]:.3f}" for s in ("iid", "random", "swapped")]
+        cells = ["{:.0f}".format(row["train_s"][0]) if "train_s" in row else ""]
+        cells += [f"{row[s][0]:.3f} ± {row[s][1]:.3f}" for s in ("iid", "random", "swapped")]
         cells += ["{:.1%} ± {:.1%}".format(*row[k])
                   for k in ("gap_closed", "fooled", "kept", "label_noise")]  # fmt: skip
         lines.append(f"| {row['lever']} | " + " | ".join(cells) + " |")

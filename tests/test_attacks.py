@@ -75,7 +75,7 @@ def test_advmix_fools_at_least_where_randmix_does(G, toy):
 
 
 def test_advmix_returns_its_random_start_for_every_example(G, toy):
-    """--random-mixes trains on these: they must be the RandMix sample of the same stream, for
+    """--train-on both+random trains on these: they must be the RandMix sample of the same stream, for
     every example, also for those the start itself fooled."""
     model, w, y = toy
     images, _ = attacks.randmix(G, w, K, torch.Generator().manual_seed(7))

@@ -207,6 +207,10 @@ def test_each_lever_trains_advmix_once_more_and_measures_its_label_noise(scaled,
     assert rows[2]["store"].endswith("sigma-0.02-n32-steps40")
     radius = tmp_path / "run" / "levers" / "radius-0.25" / "advmix-seed0"
     assert json.loads((radius / "run.json").read_text())["config"]["ball_radius"] == 0.25
+    both = json.loads((tmp_path / "run" / "levers" / "random-mixes-k2" / "advmix-seed0" /
+                       "run.json").read_text())["config"]  # fmt: skip
+    assert both["train_on"] == "both+random" and both["attack_steps"] == 2
+    assert all(r["train_s"][0] > 0 for r in rows)
     assert all(0 <= r["fooled"][0] <= 1 and 0 <= r["kept"][0] <= 1 for r in rows)
     from studies.report import diagnostics_table
     from studies.reproduce import levers_section

@@ -207,6 +207,8 @@ def test_store_from_another_generator_is_refused(nets, tmp_path):
         (["--storage-option", "novalue"], "KEY=VALUE"),
         (["--eval-data", "cfmnist:sideways"], "--eval-data"),
         (["--eval-every", "0"], "--eval-every"),
+        (["--mix-images", "sharp"], "--mix-images"),
+        (["--method", "randmix", "--train-on", "both+random"], "has none"),
     ],
 )
 def test_bad_cli_values_exit_2_with_one_line(nets, tmp_path, extra, message):
@@ -312,6 +314,35 @@ def test_every_method_trains(nets, tmp_path, method):
     assert (tmp_path / method / "classifier.pt").exists()
     if method == "nominal":
         assert trainer.model.cfg.input_mode == "gray-max"
+
+
+@pytest.mark.parametrize("train_on, blocks", [("both", 2), ("both+random", 3), ("mixes+random", 2)])
+def test_advmix_trains_on_what_train_on_names(nets, train_on, blocks):
+    """+random adds each example's random start (a RandMix sample) as one more block."""
+    from advmix.attacks import AdvMixConfig
+    from advmix.checkpoints import load_generator
+    from advmix.classifiers import SmallCNN
+    from advmix.projections import fit_style_set
+    from training.config import TrainConfig
+    from training.methods import METHODS, MethodContext
+
+    G = load_generator(nets["G"])
+    k = G.cfg.k
+    cfg = TrainConfig(store=nets["store"], generator=nets["G"], method="advmix",
+                      train_on=train_on, attack=AdvMixConfig(steps=1, style_samples=100))  # fmt: skip
+    ctx = MethodContext(SmallCNN(num_classes=10, width=4), G, k,
+                        fit_style_set(G, k, cfg.attack), cfg)  # fmt: skip
+    w = G.mapping(torch.randn(6, G.z_dim, generator=torch.Generator().manual_seed(0)))
+    x, y = torch.rand(6, 3, 32, 32), torch.arange(6)
+    batch = METHODS["advmix"](ctx, x, w, y, torch.Generator().manual_seed(1))
+    assert len(batch.inputs) == blocks * 6 and torch.equal(batch.targets, y.repeat(blocks))
+    if train_on.startswith("both"):
+        assert torch.equal(batch.inputs[:6], x)
+    if train_on.endswith("+random"):
+        from advmix.attacks import randmix
+
+        starts, _ = randmix(G, w, k, torch.Generator().manual_seed(1))
+        torch.testing.assert_close(batch.inputs[-6:], starts, atol=1e-5, rtol=0)
 
 
 def test_grayscale_is_a_flag_that_trains_the_oracle(nets, tmp_path):

@@ -37,12 +37,9 @@ class TrainConfig:
         "[default: the store's, else the generator's].", low=1, fixed=True,
     )  # fmt: skip
     train_on: str | None = setting(
-        None, "Train on nominal + perturbed examples, or perturbed only "
+        None, "Train on nominal + perturbed examples, or perturbed only; +random: AdvMix also "
+        "trains on each example's random start, a RandMix sample it decoded anyway "
         "[default: both for advmix/randmix, mixes for at].", choices=TRAIN_ON, fixed=True,
-    )  # fmt: skip
-    random_mixes: bool = setting(
-        False, "AdvMix also trains on each example's random mix (the attack's start: a RandMix "
-        "sample, no extra synthesis).", fixed=True,
     )  # fmt: skip
     eps: float = setting(8 / 255, "AT l_inf radius, pixel units (e.g. 8/255).", low=0, high=1,
                          kind="fraction", fixed=True)  # fmt: skip
@@ -92,9 +89,9 @@ class TrainConfig:
         check(self)
         if self.train_on is None:
             self.train_on = DEFAULT_TRAIN_ON.get(self.method, "both")
-        if self.random_mixes and self.method != "advmix":
-            raise ValueError(f"--random-mixes adds AdvMix's random starts; --method {self.method} "
-                             "has none")  # fmt: skip
+        if self.train_on.endswith("+random") and self.method != "advmix":
+            raise ValueError(f"--train-on {self.train_on} adds AdvMix's random starts; --method "
+                             f"{self.method} has none")  # fmt: skip
 
     def to_dict(self, redact: bool = True) -> dict:
         """Flat ``{option name: value}``, the form run records and checkpoints keep."""

@@ -25,7 +25,8 @@ from advmix.stylegan import Generator
 if TYPE_CHECKING:
     from training.config import TrainConfig
 
-TRAIN_ON = ("both", "mixes")
+# "+random": AdvMix's random starts too (RandMix samples the attack decodes anyway).
+TRAIN_ON = ("both", "mixes", "both+random", "mixes+random")
 
 
 @dataclass
@@ -76,8 +77,8 @@ class MixupBatch(TrainBatch):
 
 
 def with_perturbed(ctx: MethodContext, x: Tensor, y: Tensor, *perturbed: Tensor, info=None):
-    """The nominal batch (``train_on == "both"``) and every perturbed copy of it."""
-    inputs = [x, *perturbed] if ctx.cfg.train_on == "both" else list(perturbed)
+    """The nominal batch (``train_on`` "both", "both+random") and every perturbed copy of it."""
+    inputs = [x, *perturbed] if ctx.cfg.train_on.startswith("both") else list(perturbed)
     return TrainBatch(torch.cat(inputs), y.repeat(len(inputs), *[1] * (y.dim() - 1)),
                       ctx.objective, info or {})  # fmt: skip
 
@@ -103,7 +104,7 @@ def advmix(ctx: MethodContext, x, w, y, generator) -> TrainBatch:
     result = attacks.advmix(ctx.model, ctx.G, w, y, ctx.k, ctx.style_set, ctx.cfg.attack,
                             generator, ctx.objective, x)  # fmt: skip
     info = {"fooled": result.fooled.float().mean().item(), "evaluations": result.evaluations}
-    extra = (result.starts,) if ctx.cfg.random_mixes else ()
+    extra = (result.starts,) if ctx.cfg.train_on.endswith("+random") else ()
     return with_perturbed(ctx, x, y, result.images, *extra, info=info)
 
 
