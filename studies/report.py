@@ -317,7 +317,6 @@ def shortfall(report: dict, mixes: list[dict], tried: str) -> str:
         f"{report['classifier_accuracy_on_originals']:.0%} of the originals and "
         f"{report['class_kept_reconstruction']:.0%} of the store's reconstructions): about "
         f"{noise:.0%} of the examples AdvMix trains on carry a label their image "
-        "no longer shows. That label noise is the first suspect for the gap to the ceiling; "
-        "two levers against it, closer reconstructions (more inversion steps, docs/encoding.md) "
-        f"and a smaller projection ball, {tried}."
+        "no longer shows. Levers on the method, each measured with seeds, "
+        f"{tried}."
     )

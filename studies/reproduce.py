@@ -203,12 +203,13 @@ def levers_section(out: Path) -> str:
     if not path.exists():
         return ""
     return f"""
-## Levers against the label noise
+## Levers
 
 `python -m studies.levers --out {out}` trains AdvMix once more at {levers.IMAGES} images
 ({levers.EPOCHS} epochs, the same seeds) with one lever changed, and attacks each finished
 classifier with its own training budget (mean ± standard deviation over seeds; the first row is
-this study's own AdvMix runs):
+this study's own AdvMix runs with the defaults; "training s" is the mean seconds in training
+steps):
 
 {levers.table(rows := json.loads(path.read_text()))}
 
@@ -312,7 +313,8 @@ def other_pages(page: Path) -> str:
 
 
 # Where each scaling preset's page goes by default (full and cpu share the main page).
-SCALING_PAGES = {"cpu": "RESULTS.md", "full": "RESULTS.md", "all-data": "results-60k.md"}
+SCALING_PAGES = {"cpu": "RESULTS.md", "full": "RESULTS.md", "all-data": "results-60k.md",
+                 "cpu-16k": "results-16k.md"}  # fmt: skip
 # --study NAME: (its presets, their default pages under docs/, the function that writes one)
 STUDIES = {
     "scaling": (SCALING_PAGES, scaling_page),
@@ -326,9 +328,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="default: runs/<study>")
     parser.add_argument("--results", type=Path, help="default: the study's page under docs/")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--preset", choices=("cpu", "full", "all-data"),
+    parser.add_argument("--preset", choices=tuple(scaling.PRESETS),
                         help="default: full on cuda, else cpu; all-data: the scaling study's 60k "
-                        "images alone")  # fmt: skip
+                        "images alone; cpu-16k: the cpu preset's 16k images alone")  # fmt: skip
     parser.add_argument("--page-only", action="store_true",
                         help="write the scaling page from the runs under --out that finished; "
                         "start nothing")  # fmt: skip

@@ -198,26 +198,27 @@ def test_each_lever_trains_advmix_once_more_and_measures_its_label_noise(scaled,
     after = json.loads((tmp_path / "run" / "timings.json").read_text())
     # the levers' seconds are their own: the study's AdvMix runs were only re-read
     assert after["advmix n32 seed-0"] - before["advmix n32 seed-0"] < 5
-    lever_seconds = json.loads((tmp_path / "run" / "levers" / "steps-40" / "timings.json")
+    lever_seconds = json.loads((tmp_path / "run" / "levers" / "k2" / "timings.json")
                                .read_text())  # fmt: skip
     assert lever_seconds["advmix n32 seed-0"] > 0
     assert [r["lever"] for r in rows] == [lever.name for lever in LEVERS]
     study = next(r for r in results if r["images"] == 32 and r["method"] == "advmix")
     assert rows[0]["random"][0] == study["random"]  # the study's own run, reused
-    assert rows[2]["store"].endswith("sigma-0.02-n32-steps40")
-    radius = tmp_path / "run" / "levers" / "radius-0.25" / "advmix-seed0"
-    assert json.loads((radius / "run.json").read_text())["config"]["ball_radius"] == 0.25
-    both = json.loads((tmp_path / "run" / "levers" / "random-mixes-k2" / "advmix-seed0" /
-                       "run.json").read_text())["config"]  # fmt: skip
-    assert both["train_on"] == "both+random" and both["attack_steps"] == 2
+    config = {lever.slug: json.loads((tmp_path / "run" / "levers" / lever.slug / "advmix-seed0" /
+                                      "run.json").read_text())["config"]
+              for lever in LEVERS[1:]}  # fmt: skip
+    assert config["algorithm-2"]["train_on"] == "both"
+    assert config["residual"]["mix_images"] == "residual"
+    assert config["k2"]["train_on"] == "both+random" and config["k2"]["attack_steps"] == 2
     assert all(r["train_s"][0] > 0 for r in rows)
     assert all(0 <= r["fooled"][0] <= 1 and 0 <= r["kept"][0] <= 1 for r in rows)
     from studies.report import diagnostics_table
     from studies.reproduce import levers_section
 
     section = levers_section(tmp_path / "run")
-    assert "| ball radius 0.25 (study: 0.5) |" in section and "python -m studies.levers" in section
-    assert "- 40 inversion steps (study: 10): " in section and "points of the gap" in section
+    assert "| Algorithm 2: nominal and worst-case mix |" in section
+    assert "python -m studies.levers" in section
+    assert "- Algorithm 2, mixes alone: " in section and "points of the gap" in section
     assert all(0 <= r["label_noise"][0] <= r["fooled"][0] for r in rows)
     assert "tried in the next section" in diagnostics_table(results, tmp_path / "run", 0.02)
     assert levers_section(out) == "" and "have not been tried" in diagnostics_table(

@@ -40,7 +40,7 @@ def test_method_and_projection_choices_come_from_their_tables():
 
 def test_flat_names_round_trip_and_nested_settings_are_fixed_on_resume():
     cfg = from_flat(TrainConfig, {"store": "s", "generator": "g", "attack_steps": 2, "eps": 0.01})
-    assert cfg.attack.steps == 2 and cfg.eps == 0.01 and cfg.train_on == "both"
+    assert cfg.attack.steps == 2 and cfg.eps == 0.01 and cfg.train_on == "both+random"
     flat = cfg.to_dict(redact=False)
     assert flat["attack_steps"] == 2 and "attack" not in flat
     assert from_flat(TrainConfig, {k: v for k, v in flat.items() if k != "storage_options"}) == cfg

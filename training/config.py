@@ -16,8 +16,10 @@ from advmix.settings import as_flat_dict, check, setting
 from training.methods import METHODS, TRAIN_ON
 
 # What a step trains on when --train-on is not given: AT trains on its adversarial examples
-# alone (Madry et al.); the mixing methods on the nominal batch and its mixes.
-DEFAULT_TRAIN_ON = {"at": "mixes", "randmix": "both", "advmix": "both"}
+# alone (Madry et al.); RandMix on the nominal batch and its mixes; AdvMix on the nominal batch,
+# its worst-case mixes and its random starts (the levers study, docs/training.md: Algorithm 2's
+# nominal + worst-case mix is --train-on both).
+DEFAULT_TRAIN_ON = {"at": "mixes", "randmix": "both", "advmix": "both+random"}
 
 
 @dataclass
@@ -39,7 +41,8 @@ class TrainConfig:
     train_on: str | None = setting(
         None, "Train on nominal + perturbed examples, or perturbed only; +random: AdvMix also "
         "trains on each example's random start, a RandMix sample it decoded anyway "
-        "[default: both for advmix/randmix, mixes for at].", choices=TRAIN_ON, fixed=True,
+        "[default: both+random for advmix, both for randmix, mixes for at].", choices=TRAIN_ON,
+        fixed=True,
     )  # fmt: skip
     eps: float = setting(8 / 255, "AT l_inf radius, pixel units (e.g. 8/255).", low=0, high=1,
                          kind="fraction", fixed=True)  # fmt: skip
