@@ -12,8 +12,7 @@ AdvMix is trained again with one lever changed (``LEVERS``):
 - Algorithm 2 with residual mixes (``--mix-images residual``): the real image plus the change a
   mix makes to its reconstruction, so mixes keep the real image's details;
 - Algorithm 2 on mixes alone (``--train-on mixes``): no nominal image, whose colour is the
-  shortcut;
-- the defaults with fewer ascent steps (K = 2): cheaper per step.
+  shortcut.
 
 The unchanged AdvMix and the nominal runs are the scaling study's own (reused from ``--out``,
 trained when missing). Every AdvMix classifier is attacked once more with its own training budget
@@ -57,7 +56,6 @@ LEVERS = (
         train_flags=("--train-on", "both"),
     ),  # fmt: skip
     Lever("Algorithm 2, mixes alone", "mixes-alone", train_flags=("--train-on", "mixes")),
-    Lever("defaults with K = 2 (K = 5)", "k2", attack_flags=("--attack-steps", "2")),
 )
 IMAGES, EPOCHS = 1024, 10  # the scaling study's smallest point: every lever costs minutes there
 

@@ -198,7 +198,7 @@ def test_each_lever_trains_advmix_once_more_and_measures_its_label_noise(scaled,
     after = json.loads((tmp_path / "run" / "timings.json").read_text())
     # the levers' seconds are their own: the study's AdvMix runs were only re-read
     assert after["advmix n32 seed-0"] - before["advmix n32 seed-0"] < 5
-    lever_seconds = json.loads((tmp_path / "run" / "levers" / "k2" / "timings.json")
+    lever_seconds = json.loads((tmp_path / "run" / "levers" / "residual" / "timings.json")
                                .read_text())  # fmt: skip
     assert lever_seconds["advmix n32 seed-0"] > 0
     assert [r["lever"] for r in rows] == [lever.name for lever in LEVERS]
@@ -209,7 +209,7 @@ def test_each_lever_trains_advmix_once_more_and_measures_its_label_noise(scaled,
               for lever in LEVERS[1:]}  # fmt: skip
     assert config["algorithm-2"]["train_on"] == "both"
     assert config["residual"]["mix_images"] == "residual"
-    assert config["k2"]["train_on"] == "both+random" and config["k2"]["attack_steps"] == 2
+    assert config["mixes-alone"]["train_on"] == "mixes"
     assert all(r["train_s"][0] > 0 for r in rows)
     assert all(0 <= r["fooled"][0] <= 1 and 0 <= r["kept"][0] <= 1 for r in rows)
     from studies.report import diagnostics_table
