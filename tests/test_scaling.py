@@ -209,7 +209,6 @@ def test_each_lever_trains_advmix_once_more_and_measures_its_label_noise(scaled,
               for lever in LEVERS[1:]}  # fmt: skip
     assert config["algorithm-2"]["train_on"] == "both"
     assert config["residual"]["mix_images"] == "residual"
-    assert config["mixes-alone"]["train_on"] == "mixes"
     assert all(r["train_s"][0] > 0 for r in rows)
     assert all(0 <= r["fooled"][0] <= 1 and 0 <= r["kept"][0] <= 1 for r in rows)
     from studies.report import diagnostics_table
@@ -218,7 +217,7 @@ def test_each_lever_trains_advmix_once_more_and_measures_its_label_noise(scaled,
     section = levers_section(tmp_path / "run")
     assert "| Algorithm 2: nominal and worst-case mix |" in section
     assert "python -m studies.levers" in section
-    assert "- Algorithm 2, mixes alone: " in section and "points of the gap" in section
+    assert "- Algorithm 2, residual mixes: " in section and "points of the gap" in section
     assert all(0 <= r["label_noise"][0] <= r["fooled"][0] for r in rows)
     assert "tried in the next section" in diagnostics_table(results, tmp_path / "run", 0.02)
     assert levers_section(out) == "" and "have not been tried" in diagnostics_table(
