@@ -9,6 +9,8 @@ AdvMix is trained again with one lever changed (``LEVERS``):
   (a RandMix sample the attack decodes anyway: ``--train-on both+random``);
 - Algorithm 2 as the paper gives it: the nominal image and the worst-case mix (``--train-on
   both``);
+- the worst-case and random mixes without the nominal image, whose colour is the shortcut
+  (``--train-on mixes+random``);
 - Algorithm 2 with residual mixes (``--mix-images residual``): the real image plus the change a
   mix makes to its reconstruction, so mixes keep the real image's details.
 
@@ -46,6 +48,11 @@ LEVERS = (
     Lever("AdvMix (defaults: nominal, worst-case and random mix)", ""),
     Lever(
         "Algorithm 2: nominal and worst-case mix", "algorithm-2", train_flags=("--train-on", "both")
+    ),  # fmt: skip
+    Lever(
+        "mixes alone: worst-case and random mix",
+        "mixes-random",
+        train_flags=("--train-on", "mixes+random"),
     ),  # fmt: skip
     Lever(
         "Algorithm 2, residual mixes",

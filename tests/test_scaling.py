@@ -209,6 +209,7 @@ def test_each_lever_trains_advmix_once_more_and_measures_its_label_noise(scaled,
               for lever in LEVERS[1:]}  # fmt: skip
     assert config["algorithm-2"]["train_on"] == "both"
     assert config["residual"]["mix_images"] == "residual"
+    assert config["mixes-random"]["train_on"] == "mixes+random"
     assert all(r["train_s"][0] > 0 for r in rows)
     assert all(0 <= r["fooled"][0] <= 1 and 0 <= r["kept"][0] <= 1 for r in rows)
     from studies.report import diagnostics_table
