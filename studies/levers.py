@@ -28,6 +28,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from studies import scaling
 from studies.report import label_noise, mean_std, standing
 from studies.study import Timings, encode, reference_accuracy, say
@@ -62,6 +64,7 @@ LEVERS = (
     ),  # fmt: skip
 )
 IMAGES, EPOCHS = 1024, 10  # the scaling study's smallest point: every lever costs minutes there
+SWING_SCORES = 6  # the last scores of a run whose changes measure its swing
 
 
 def run_levers(cfg: scaling.ScalingConfig, out: Path, images: int = IMAGES,
@@ -106,20 +109,32 @@ def run_levers(cfg: scaling.ScalingConfig, out: Path, images: int = IMAGES,
             "fooled": mean_std([m["advmix_fooled"] for m in mixes]),
             "kept": mean_std([m["class_kept_advmix_mix_that_fools"] or 0.0 for m in mixes]),
             "label_noise": mean_std([label_noise(m) for m in mixes]),
+            "swing": mean_std([swing(Path(r["run"]), cfg.eval_specs()["random"])
+                               for r in runs_of_lever]),
         })  # fmt: skip
     (out / "levers.json").write_text(json.dumps(rows, indent=2) + "\n")
     return rows
 
 
+def swing(run_dir: Path, spec: str, last: int = SWING_SCORES) -> float:
+    """How much a run's score on ``spec`` moves between consecutive scores late in training
+    (mean absolute change over its last ``last`` scores): a classifier chasing its adversary
+    swings; one that has settled does not."""
+    scores = [r["accuracy"][spec] for r in scaling.metric_records(run_dir, "eval")][-last:]
+    return float(np.mean(np.abs(np.diff(scores)))) if len(scores) > 1 else float("nan")
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| AdvMix | training s | iid | random | swapped | gap closed | trained classifier "
-             "fooled by a worst-case mix | of those, keep the class | label noise |",
-             "|---" * 9 + "|"]  # fmt: skip
+             "fooled by a worst-case mix | of those, keep the class | label noise | `random` "
+             "score's swing |",
+             "|---" * 10 + "|"]  # fmt: skip
     for row in rows:
         cells = ["{:.0f}".format(row["train_s"][0]) if "train_s" in row else ""]
         cells += [f"{row[s][0]:.3f} ± {row[s][1]:.3f}" for s in ("iid", "random", "swapped")]
         cells += ["{:.1%} ± {:.1%}".format(*row[k])
                   for k in ("gap_closed", "fooled", "kept", "label_noise")]  # fmt: skip
+        cells.append("{:.3f} ± {:.3f}".format(*row["swing"]) if "swing" in row else "")
         lines.append(f"| {row['lever']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

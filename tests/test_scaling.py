@@ -211,6 +211,7 @@ def test_each_lever_trains_advmix_once_more_and_measures_its_label_noise(scaled,
     assert config["residual"]["mix_images"] == "residual"
     assert config["mixes-random"]["train_on"] == "mixes+random"
     assert all(r["train_s"][0] > 0 for r in rows)
+    assert all(0 <= r["swing"][0] <= 1 for r in rows)  # scores every 2 steps: several per run
     assert all(0 <= r["fooled"][0] <= 1 and 0 <= r["kept"][0] <= 1 for r in rows)
     from studies.report import diagnostics_table
     from studies.reproduce import levers_section
