@@ -198,7 +198,7 @@ def test_each_lever_trains_advmix_once_more_and_measures_its_label_noise(scaled,
     after = json.loads((tmp_path / "run" / "timings.json").read_text())
     # the levers' seconds are their own: the study's AdvMix runs were only re-read
     assert after["advmix n32 seed-0"] - before["advmix n32 seed-0"] < 5
-    lever_seconds = json.loads((tmp_path / "run" / "levers" / "residual" / "timings.json")
+    lever_seconds = json.loads((tmp_path / "run" / "levers" / "mixes-random" / "timings.json")
                                .read_text())  # fmt: skip
     assert lever_seconds["advmix n32 seed-0"] > 0
     assert [r["lever"] for r in rows] == [lever.name for lever in LEVERS]
@@ -208,7 +208,6 @@ def test_each_lever_trains_advmix_once_more_and_measures_its_label_noise(scaled,
                                       "run.json").read_text())["config"]
               for lever in LEVERS[1:]}  # fmt: skip
     assert config["algorithm-2"]["train_on"] == "both"
-    assert config["residual"]["mix_images"] == "residual"
     assert config["mixes-random"]["train_on"] == "mixes+random"
     assert all(r["train_s"][0] > 0 for r in rows)
     assert all(0 <= r["swing"][0] <= 1 for r in rows)  # scores every 2 steps: several per run
@@ -219,7 +218,9 @@ def test_each_lever_trains_advmix_once_more_and_measures_its_label_noise(scaled,
     section = levers_section(tmp_path / "run")
     assert "| Algorithm 2: nominal and worst-case mix |" in section
     assert "python -m studies.levers" in section
-    assert "- Algorithm 2, residual mixes: " in section and "points of the gap" in section
+    assert (
+        "- mixes alone: worst-case and random mix: " in section and "points of the gap" in section
+    )
     assert all(0 <= r["label_noise"][0] <= r["fooled"][0] for r in rows)
     assert "tried in the next section" in diagnostics_table(results, tmp_path / "run", 0.02)
     assert levers_section(out) == "" and "have not been tried" in diagnostics_table(
