@@ -79,7 +79,7 @@ class AdvMixConfig:
     mix_images: str = setting(
         "generated", "What a mix looks like: the generator's image of the mixed styles "
         "(Algorithm 2), or the real image plus the change the mix makes to its reconstruction.",
-        choices=("generated", "residual"), fixed=True,
+        choices=("generated", "residual"), fixed=True,  # the keys of MIX_IMAGES
     )  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -119,6 +119,10 @@ class AttackResult:
 class GeneratedMixes:
     """A mix is the generator's image of the mixed styles (Algorithm 2)."""
 
+    @classmethod
+    def make(cls, x: Tensor, reconstruction: Callable[[], Tensor]) -> GeneratedMixes:
+        return cls()
+
     def __call__(self, rows: Tensor, decoded: Tensor) -> Tensor:
         return decoded
 
@@ -132,15 +136,21 @@ class ResidualMixes:
     def __init__(self, x: Tensor, reconstruction: Tensor) -> None:
         self.detail = (x - reconstruction).detach()  # [B, C, H, W]
 
+    @classmethod
+    def make(cls, x: Tensor, reconstruction: Callable[[], Tensor]) -> ResidualMixes:
+        return cls(x, reconstruction())
+
     def __call__(self, rows: Tensor, decoded: Tensor) -> Tensor:
         return (decoded + self.detail[rows]).clamp(0.0, 1.0)
 
 
+MIX_IMAGES = {"generated": GeneratedMixes, "residual": ResidualMixes}  # AdvMixConfig.mix_images
+
+
 def mix_images(kind: str, x: Tensor | None, reconstruction: Callable[[], Tensor]):
-    """The images mixes become; without real images (a store without them) the generated ones."""
-    if kind == "residual" and x is not None:
-        return ResidualMixes(x, reconstruction())
-    return GeneratedMixes()
+    """The images mixes become; without real images (a store without them) the generated ones.
+    ``reconstruction`` is only called by kinds that need ``G(w)``."""
+    return GeneratedMixes() if x is None else MIX_IMAGES[kind].make(x, reconstruction)
 
 
 @torch.no_grad()

@@ -1,6 +1,8 @@
 """advmix.attacks on a tiny real generator: AdvMix vs RandMix, projection, early stop, PGD,
 mixup."""
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -89,6 +91,10 @@ def test_residual_mixes_keep_the_real_details(G, toy):
     """A residual mix is x + G(mix) - G(w) in [0, 1]: with the image's own fine styles it is the
     real image, and it differs from the generated mix by exactly the real image's detail."""
     model, w, y = toy
+    from advmix.settings import spec_of
+
+    field = next(f for f in dataclasses.fields(AdvMixConfig) if f.name == "mix_images")
+    assert spec_of(field).choices == tuple(attacks.MIX_IMAGES)  # one class per choice
     with torch.no_grad():
         reconstruction = to_unit(G.synthesis(w, noise_mode="const"))
     x = (
