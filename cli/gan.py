@@ -11,6 +11,10 @@ from advmix import shipped
 from cli.options import DATASET_SPEC, data_root_option, device_options, set_threads, start_or_resume
 
 
+# The options that shape the generator: --init-from takes them from its file instead.
+GENERATOR_SHAPE = ("z_dim", "w_dim", "mapping_layers", "resolution", "channel_base", "channel_max")
+
+
 @click.group()
 def gan() -> None:
     """Train and evaluate StyleGAN2 generators."""
@@ -69,6 +73,13 @@ def gan() -> None:
     default=500,
     help="Iterations between sample and mixing grids.",
 )
+@click.option(
+    "--init-from",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Fine-tune: start G from this generator file (its architecture replaces the "
+    "architecture options); D starts fresh.",
+)
 @click.option("--seed", type=int, default=0)
 @device_options
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
@@ -82,15 +93,21 @@ def gan() -> None:
 )
 def train(spec, run_dir: Path, iterations, batch, lr, r1_gamma, r1_interval, style_mix_prob,
           ema_kimg, z_dim, w_dim, mapping_layers, resolution, channel_base, channel_max,
-          d_channel_base, d_channel_max, mix_k, snapshot_every, sample_every, seed, device,
-          resume, data_root, no_progress, threads, time_limit_min) -> None:  # fmt: skip
+          d_channel_base, d_channel_max, mix_k, snapshot_every, sample_every, init_from, seed,
+          device, resume, data_root, no_progress, threads, time_limit_min) -> None:  # fmt: skip
     """Train a StyleGAN2 generator on unlabelled images (non-saturating loss, lazy R1, style
     mixing, EMA); writes snapshots, sample and style-mixing grids into OUT."""
     from advmix.discriminator import DiscriminatorConfig
     from advmix.stylegan import GeneratorConfig
-    from gan.train import GANTrainConfig, GANTrainer
+    from gan.train import GANTrainConfig, GANTrainer, fine_tuning
 
     set_threads(threads)
+    if init_from is not None:
+        given = [f"--{name.replace('_', '-')}" for name in GENERATOR_SHAPE
+                 if click.get_current_context().get_parameter_source(name).name != "DEFAULT"]  # fmt: skip
+        if given:
+            raise click.UsageError(f"--init-from takes the generator's architecture from the "
+                                   f"file; drop {', '.join(given)}")  # fmt: skip
     try:
         gcfg = GeneratorConfig(
             z_dim=z_dim, w_dim=w_dim, resolution=resolution, mapping_layers=mapping_layers,
@@ -98,15 +115,17 @@ def train(spec, run_dir: Path, iterations, batch, lr, r1_gamma, r1_interval, sty
         )  # fmt: skip
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    if mix_k is not None and mix_k >= gcfg.num_ws:
-        raise click.BadParameter(f"must be < num_ws = {gcfg.num_ws}", param_hint="--mix-k")
     cfg = GANTrainConfig(
         dataset=str(spec), iterations=iterations, batch=batch, lr=lr, r1_gamma=r1_gamma,
         r1_interval=r1_interval, style_mix_prob=style_mix_prob, ema_kimg=ema_kimg, seed=seed,
         snapshot_every=snapshot_every, sample_every=sample_every, mix_k=mix_k, G=gcfg,
-        D=DiscriminatorConfig(resolution=resolution, channel_base=d_channel_base,
-                              channel_max=d_channel_max),
     )  # fmt: skip
+    if init_from is not None:
+        cfg = fine_tuning(cfg, init_from)
+    cfg.D = DiscriminatorConfig(resolution=cfg.G.resolution, channel_base=d_channel_base,
+                                channel_max=d_channel_max)  # fmt: skip
+    if mix_k is not None and mix_k >= cfg.G.num_ws:
+        raise click.BadParameter(f"must be < num_ws = {cfg.G.num_ws}", param_hint="--mix-k")
     trainer = GANTrainer(cfg, run_dir, device=device)
     if start_or_resume(trainer, resume, run_dir):
         click.echo(f"resumed from iteration {trainer.iteration}", err=True)
@@ -114,7 +133,7 @@ def train(spec, run_dir: Path, iterations, batch, lr, r1_gamma, r1_interval, sty
     n_g = sum(p.numel() for p in trainer.G.parameters())
     n_d = sum(p.numel() for p in trainer.D.parameters())
     click.echo(
-        f"training G ({n_g / 1e6:.2f} M params, num_ws {gcfg.num_ws}) and D ({n_d / 1e6:.2f} M) "
+        f"training G ({n_g / 1e6:.2f} M params, num_ws {cfg.G.num_ws}) and D ({n_d / 1e6:.2f} M) "
         f"on {spec} ({len(trainer.images)} images), device {device}",
         err=True,
     )
@@ -196,6 +215,20 @@ def train_classifier_cmd(train_spec, test_spec, out: Path, epochs, input_mode, s
     help="Generated and real images for the Frechet distances.",
 )
 @click.option("--truncation", type=click.FloatRange(0, 1), default=1.0)
+@click.option(
+    "--real",
+    "real_spec",
+    type=DATASET_SPEC,
+    default="cfmnist:random",
+    help="Real images the generated ones are compared with (the data's held-out split).",
+)
+@click.option(
+    "--real-floor",
+    "floor_spec",
+    type=DATASET_SPEC,
+    default="cfmnist:train-random",
+    help="Second real set, compared with --real for the distances' floor (the training split).",
+)
 @click.option("--seed", type=int, default=0)
 @click.option(
     "--grids",
@@ -220,8 +253,8 @@ def train_classifier_cmd(train_spec, test_spec, out: Path, epochs, input_mode, s
 )
 @click.option("--threads", type=click.IntRange(1), default=None)
 @data_root_option
-def evaluate(generator_path, classifier_path, pairs, fd_samples, truncation, seed, grids,
-             write_k, force_k, threads, data_root) -> None:  # fmt: skip
+def evaluate(generator_path, classifier_path, pairs, fd_samples, truncation, real_spec,
+             floor_spec, seed, grids, write_k, force_k, threads, data_root) -> None:  # fmt: skip
     """Print JSON metrics: class kept and colour following B under mix(A, B, k) for every k,
     Frechet distances to real images, and the chosen k."""
     from advmix.checkpoints import (
@@ -247,7 +280,8 @@ def evaluate(generator_path, classifier_path, pairs, fd_samples, truncation, see
                    "classifier_test_accuracy": info.get("test_accuracy")}  # fmt: skip
         result |= evaluate_generator(
             G, classifier, pairs=pairs, fd_samples=fd_samples, seed=seed,
-            truncation_psi=truncation, data_root=data_root,
+            truncation_psi=truncation, real_spec=str(real_spec), baseline_spec=str(floor_spec),
+            data_root=data_root,
         )  # fmt: skip
     elif grids is None and force_k is None:
         raise click.UsageError(

@@ -10,8 +10,9 @@ All measured with a small classifier trained on real data (no downloads):
 - ``colour_follows[k]``: over pairs whose foreground colours differ (distance > 0.25), the rate
   at which the mix's mean foreground colour is nearer B's than A's.
 - ``fd_features``: Frechet distance between the classifier's penultimate features of generated
-  images and of real ``cfmnist:random`` test images (FID-style, shape realism), with the same
-  distance between two real sets as a floor; ``fd_colour``: the same on foreground colours.
+  images and of real held-out images (``real_spec``, by default ``cfmnist:random``; FID-style,
+  shape realism), with the same distance from a second real set (``baseline_spec``, the
+  training split) as a floor; ``fd_colour``: the same on foreground colours.
 
 The split ``k`` is chosen as the one that maximises ``min(class_kept, colour_follows)``.
 """
@@ -190,6 +191,8 @@ def evaluate_generator(
         "per_k": {str(k): v for k, v in per_k.items()},
         "chosen_k": best_k,
         "chosen": per_k[best_k],
+        "real": real_spec,
+        "real_floor": baseline_spec,
         "fd_features": round(frechet_distance(f_fake, f_real), 3),
         "fd_features_real_floor": round(frechet_distance(f_base, f_real), 3),
         "fd_colour": round(frechet_distance(c_fake, c_real), 4),

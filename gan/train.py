@@ -56,6 +56,10 @@ class GANTrainConfig:
     sample_every: int = 500
     log_every: int = 50
     mix_k: int | None = None  # k for the training-time mixing grids (default num_ws // 2)
+    # Fine-tuning: G (and its EMA) start from this generator file, whose fingerprint is
+    # recorded so a resumed run checks it starts from the same weights; D starts fresh.
+    init_from: str | None = None
+    init_fingerprint: str | None = None
     G: GeneratorConfig = field(default_factory=GeneratorConfig)
     D: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
 
@@ -76,6 +80,28 @@ class GANTrainConfig:
         for key in ("iterations", "snapshot_every", "sample_every", "log_every", "mix_k"):
             d.pop(key)
         return d
+
+
+def starting_weights(cfg: GANTrainConfig) -> Generator:
+    """The generator a fine-tuning run starts from, checked against the recorded fingerprint."""
+    from advmix.checkpoints import generator_fingerprint, load_generator
+
+    G = load_generator(cfg.init_from)
+    if cfg.init_fingerprint is not None and generator_fingerprint(G) != cfg.init_fingerprint:
+        raise AdvmixError(f"{cfg.init_from}: not the generator this run started from")
+    if dataclasses.replace(G.cfg, k=None) != dataclasses.replace(cfg.G, k=None):
+        raise AdvmixError(f"{cfg.init_from}: its architecture differs from the run's")
+    return G
+
+
+def fine_tuning(cfg: GANTrainConfig, init_from: str) -> GANTrainConfig:
+    """``cfg`` set to start from the generator file ``init_from``: its architecture (the split
+    k is left to be measured again on the new data) and its fingerprint."""
+    from advmix.checkpoints import generator_fingerprint, load_generator
+
+    G = load_generator(init_from)
+    return dataclasses.replace(cfg, G=dataclasses.replace(G.cfg, k=None), init_from=str(init_from),
+                               init_fingerprint=generator_fingerprint(G))  # fmt: skip
 
 
 def iteration_seed(seed: int, it: int) -> int:
@@ -135,6 +161,8 @@ class GANTrainer:
             raise AdvmixError("generator and discriminator resolutions differ")
         torch.manual_seed(cfg.seed)
         self.G = Generator(cfg.G).to(self.device).train()
+        if cfg.init_from is not None:
+            self.G.load_state_dict(starting_weights(cfg).state_dict())
         self.D = Discriminator(cfg.D).to(self.device).train()
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=cfg.betas, eps=1e-8)

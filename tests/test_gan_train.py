@@ -1,6 +1,7 @@
 """`advmix gan train`: a few steps of a tiny GAN resume bit-identically; CLI errors."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from advmix.discriminator import DiscriminatorConfig
 from advmix.errors import AdvmixError
 from advmix.stylegan import GeneratorConfig
 from cli.main import cli
-from gan.train import GANTrainConfig, GANTrainer, mixing_grid, style_mixed_ws
+from gan.train import GANTrainConfig, GANTrainer, fine_tuning, mixing_grid, style_mixed_ws
 
 SPEC = "cfmnist:train-random?limit=64"
 
@@ -108,3 +109,36 @@ def test_cli_train_and_usage_errors(tmp_path):
     assert resumed.exit_code == 0, resumed.output
     bad = runner.invoke(cli, [*args, "--resolution", "48"])
     assert bad.exit_code == 2 and "power of two" in bad.output
+
+
+def test_fine_tuning_starts_from_the_given_generator(straight, tmp_path):
+    start = straight.run_dir / "generator.pt"
+    cfg = fine_tuning(replace(tiny_config(1), G=GeneratorConfig()), str(start))
+    assert cfg.G == replace(load_generator(start).cfg, k=None) and cfg.init_fingerprint
+    trainer = GANTrainer(cfg, tmp_path / "ft")
+    for key, value in load_generator(start).state_dict().items():
+        assert torch.equal(trainer.G.state_dict()[key], value)
+        assert torch.equal(trainer.G_ema.state_dict()[key], value)
+    trainer.load_data()
+    trainer.train(progress=False)
+    assert load_generator(tmp_path / "ft" / "generator.pt").cfg.z_dim == 8
+
+
+def test_fine_tuning_refuses_other_weights_on_resume(straight, tmp_path):
+    cfg = fine_tuning(tiny_config(1), str(straight.run_dir / "generator.pt"))
+    other = run(tiny_config(1), tmp_path / "other")  # same architecture, other weights
+    with pytest.raises(AdvmixError, match="not the generator this run started from"):
+        GANTrainer(replace(cfg, init_from=str(other.run_dir / "generator.pt")), tmp_path / "x")
+
+
+def test_cli_fine_tune_takes_the_architecture_from_the_file(straight, tmp_path):
+    args = ["gan", "train", "--dataset", "cfmnist:train-random?limit=16", "--out",
+            str(tmp_path / "r"), "--iterations", "1", "--batch", "4", "--d-channel-base", "32",
+            "--d-channel-max", "4", "--no-progress", "--threads", "1",
+            "--init-from", str(straight.run_dir / "generator.pt")]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["G"]["z_dim"] == 8 and saved["init_fingerprint"]
+    clash = CliRunner().invoke(cli, [*args[:5], str(tmp_path / "r2"), *args[6:], "--z-dim", "4"])
+    assert clash.exit_code == 2 and "drop --z-dim" in clash.output
