@@ -10,7 +10,6 @@ import click
 from advmix import shipped
 from cli.options import DATASET_SPEC, data_root_option, device_options, set_threads, start_or_resume
 
-
 # The options that shape the generator: --init-from takes them from its file instead.
 GENERATOR_SHAPE = ("z_dim", "w_dim", "mapping_layers", "resolution", "channel_base", "channel_max")
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from advmix import shipped
 from cli.main import main as advmix_cli
+from studies.irm_diagnostics import mix_diagnostics, record_generator, store_statistics
 from studies.study import say
 
 # Name in results-irm.json -> advmix train options (same classifier, epochs and batch for all).
@@ -50,6 +51,7 @@ class IRMStudyConfig:
     train_slice: tuple[int, int] | None = None  # (offset, limit); None: all 54,000
     generator: str = str(shipped.GENERATOR)
     gan_iterations: int = 0  # > 0: train a StyleGAN2 on irmcf:train first and use it
+    gan_init: str | None = None  # fine-tune that StyleGAN2 from this generator file
     encode_steps: int = 10
     encode_init: str = "encoder"  # "encoder": the shipped encoder's start (shipped G only)
     epochs: int = 2
@@ -59,12 +61,14 @@ class IRMStudyConfig:
 
 
 PRESETS = {
-    # What 2 busy CPU cores give in about 1.5 h: 3,000 images per training environment.
+    # What 2 CPU cores give in a few hours: the shipped generator fine-tuned on irmcf:train
+    # (4,000 iterations, ~25 min), 3,000 images per training environment.
     "small": IRMStudyConfig(
         "small",
-        methods=("ERM", "ERM-grayscale", "IRMv1"),
         train_slice=(24000, 6000),
-        encode_steps=1,
+        gan_iterations=4000,
+        gan_init=str(shipped.GENERATOR),
+        encode_steps=10,
         epochs=4,
     ),  # fmt: skip
     # Methods that never read the styles: a store encoded with one step serves them, its
@@ -96,17 +100,27 @@ def generator(cfg: IRMStudyConfig, out: Path) -> str:
         return str(chosen)
     run = out / "gan" / "run"
     resume = ["--resume"] if (run / "checkpoint.pt").exists() else []
-    say(f"training a StyleGAN2 on {spec('train', cfg)} -> {run}")
-    advmix_cli(["gan", "train", "--dataset", spec("train", cfg), "--out", str(run),
+    # Without labels, on every training image (the slice is only what the classifiers see).
+    data = spec("train", replace(cfg, train_slice=None))
+    start = ["--init-from", cfg.gan_init] if cfg.gan_init else []
+    say(f"training a StyleGAN2 on {data} -> {run}")
+    advmix_cli(["gan", "train", "--dataset", data, "--out", str(run),
                 "--iterations", str(cfg.gan_iterations), "--device", cfg.device,
-                "--no-progress", *resume])  # fmt: skip
-    advmix_cli(["gan", "evaluate", "--generator", str(run / "generator.pt"), "--grids", str(out / "gan"),
-                "--write-k", str(chosen)])  # fmt: skip
+                "--no-progress", *start, *resume])  # fmt: skip
+    advmix_cli(["gan", "evaluate", "--generator", str(run / "generator.pt"),
+                "--real", spec("test", cfg), "--real-floor", data,
+                "--grids", str(out / "gan"), "--write-k", str(chosen)])  # fmt: skip
     return str(chosen)
 
 
+def encode_steps(cfg: IRMStudyConfig, split: str) -> int:
+    """Only the training store's styles are mixed; the test store serves its images'
+    statistics, which one step keeps exact."""
+    return cfg.encode_steps if split == "train" else 1
+
+
 def store_path(cfg: IRMStudyConfig, split: str, out: Path) -> Path:
-    return out / "stores" / f"steps{cfg.encode_steps}-{cfg.encode_init}" / split
+    return out / "stores" / f"steps{encode_steps(cfg, split)}-{cfg.encode_init}" / split
 
 
 def encode(cfg: IRMStudyConfig, split: str, G: str, out: Path) -> Path:
@@ -122,91 +136,11 @@ def encode(cfg: IRMStudyConfig, split: str, G: str, out: Path) -> Path:
     say(f"encoding {spec(split, cfg)} into {store}")
     configure_logging()
     counts = encode_job(["--input", spec(split, cfg), "--output", str(store), "--generator", G,
-                         "--features", str(shipped.FEATURES), "--steps", str(cfg.encode_steps),
+                         "--features", str(shipped.FEATURES), "--steps", str(encode_steps(cfg, split)),
                          "--batch-size", "64", "--shard-size", "1024", "--device", cfg.device,
                          *init])  # fmt: skip
     say(f"encoded {counts['encoded']}, rejected {counts['rejected']}")
     return store
-
-
-def store_statistics(store: Path) -> dict:
-    """What the construction should give, measured on a store's own images, labels and env
-    column: per environment, its size, the share of positives and of images whose colour
-    agrees with their label."""
-    import numpy as np
-
-    from advmix.irmcf import colour_of
-    from schemas.reader import open_store
-
-    reader = open_store(str(store))
-    shards = [reader.read_shard(i) for i in range(reader.num_shards)]
-    labels = np.concatenate([s.labels for s in shards])
-    colours = np.concatenate([colour_of(s.images) for s in shards])
-    has_env = "env" in (reader.attribute_names or ())
-    envs = (np.concatenate([s.attributes[:, reader.attribute_names.index("env")] for s in shards])
-            if has_env else np.zeros(len(labels), dtype=int))  # fmt: skip
-    out = {}
-    for env in np.unique(envs):
-        mine = envs == env
-        key = f"env {int(env)}" if has_env else "test"
-        out[key] = {"n": int(mine.sum()), "positives": round(float(labels[mine].mean()), 4),
-                    "colour_agrees": round(float((colours[mine] == labels[mine]).mean()), 4),
-                    "colourless": int((colours[mine] < 0).sum())}  # fmt: skip
-    return out
-
-
-def colour_names(images01) -> list[str]:
-    """ "red", "green" or "other" per image [B, 3, H, W] in [0, 1]: red (green) when that
-    channel of its mean foreground colour exceeds both others by 0.3. Items whose pixels are
-    mostly dim (grey in both channels) can read as "other" even unmixed: the originals'
-    shares are the rule's baseline."""
-    from advmix.datasets import foreground_colour
-
-    names = []
-    for r, g, b in foreground_colour(images01).tolist():
-        names.append("red" if r > max(g, b) + 0.3 else "green" if g > max(r, b) + 0.3 else "other")
-    return names
-
-
-def mix_diagnostics(store: Path, G_path: str, n: int = 512, seed: int = 0) -> dict:
-    """What the generator's fine styles do to irmcf images: the stored reconstructions' PSNR,
-    the colours of the originals and of RandMix mixes (one random map(z) for styles k..),
-    and whether the shipped colour-blind 10-class classifier calls the mix footwear when it
-    calls the original footwear (class kept)."""
-    import numpy as np
-    import torch
-
-    from advmix.attacks import randmix
-    from advmix.checkpoints import load_generator
-    from advmix.classifiers import load_classifier
-    from advmix.irmcf import FOOTWEAR
-    from advmix.stylegan import resolve_k
-    from schemas.reader import open_store
-
-    torch.set_num_threads(1)
-    reader = open_store(str(store))
-    G = load_generator(G_path)
-    k = resolve_k(G, reader.k)
-    shard = reader.read_shard(0)
-    w, images = torch.from_numpy(shard.w[:n]).float(), torch.from_numpy(shard.images[:n]) / 255.0
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        mixes = torch.cat([randmix(G, w[i : i + 64], k, gen)[0] for i in range(0, len(w), 64)])
-        grey, _ = load_classifier(shipped.GRAY_CLASSIFIER)
-        shoe = [np.isin(grey(x).argmax(1).numpy(), FOOTWEAR) for x in (images, mixes)]
-    before, after = colour_names(images), colour_names(mixes)
-
-    def share(names: list[str], colour: str) -> float:
-        return round(sum(x == colour for x in names) / len(names), 4)
-
-    return {
-        "k": k, "num_ws": G.num_ws, "images": len(w),
-        "reconstruction_psnr_db": round(float(reader.index()["rec_psnr"].mean()), 2),
-        "originals": {c: share(before, c) for c in ("red", "green", "other")},
-        "mixes": {c: share(after, c) for c in ("red", "green", "other")},
-        "colour_changed": round(float(np.mean([a != b for a, b in zip(before, after, strict=True)])), 4),
-        "class_kept": round(float((shoe[0] == shoe[1]).mean()), 4),
-    }  # fmt: skip
 
 
 def colour_following(model_path: Path, cfg: IRMStudyConfig) -> dict:
@@ -308,6 +242,8 @@ def run(cfg: IRMStudyConfig, out: Path, records: Path) -> dict:
     G = generator(cfg, out)
     stores = {split: encode(cfg, split, G, out) for split in ("train", "test")}
     records.mkdir(parents=True, exist_ok=True)
+    if cfg.gan_iterations:
+        record_generator(G, records)
     data = {split: store_statistics(store) for split, store in stores.items()}
     (records / "data.json").write_text(json.dumps(data, indent=2) + "\n")
     diagnose(stores["train"], G, records)
@@ -330,7 +266,9 @@ def write_docs(records: Path, docs: Path = Path("docs")) -> dict:
     config = json.loads((records / "irm-config.json").read_text())
     results["preset"] = config["preset"]
     (docs / "results-irm.json").write_text(json.dumps(results, indent=2) + "\n")
-    (docs / "irm-benchmark.md").write_text(page(results, config, records))
+    ablation = records.parent / f"{config['preset']}-cfmnist-G"
+    (docs / "irm-benchmark.md").write_text(page(results, config, records,
+                                                collect(ablation) if ablation.is_dir() else None))  # fmt: skip
     return results
 
 
@@ -341,6 +279,9 @@ def main() -> None:
     parser.add_argument("--records", type=Path, default=None,
                         help=f"run records [default: {RECORDS}/<preset>]")  # fmt: skip
     parser.add_argument("--seeds", type=int, default=None, help="first N seeds of the preset's 5")
+    parser.add_argument("--seed-list", default=None,
+                        help="comma-separated training seeds, e.g. 3,4 (two processes can "
+                             "split a preset's seeds)")  # fmt: skip
     parser.add_argument("--methods", default=None,
                         help=f"comma-separated subset of {', '.join(METHODS)} [default: the preset's]")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=None)
@@ -353,6 +294,11 @@ def main() -> None:
     cfg = PRESETS[args.preset]
     if args.seeds is not None:
         cfg = replace(cfg, seeds=cfg.seeds[: max(1, args.seeds)])
+    if args.seed_list is not None:
+        try:
+            cfg = replace(cfg, seeds=tuple(int(x) for x in args.seed_list.split(",")))
+        except ValueError:
+            parser.error(f"--seed-list: not a comma-separated list of integers: {args.seed_list!r}")
     if args.methods is not None:
         methods = tuple(m for m in args.methods.split(",") if m)
         unknown = [m for m in methods if m not in METHODS]

@@ -250,3 +250,27 @@ def test_the_study_writes_the_table_and_results_from_its_records(tmp_path):
     text = (docs / "irm-benchmark.md").read_text()
     assert "| IRMv1 |" in text and "python -m studies.irm --preset smoke" in text
     assert "AdvMix has no row yet" in text and "fine styles do to these images" in text
+
+
+@pytest.mark.slow
+def test_the_study_fine_tunes_a_generator_on_irmcf_and_uses_it(tmp_path):
+    """With gan_iterations and gan_init the study fine-tunes the given generator on
+    irmcf:train without labels, measures its k with irmcf images as the real reference,
+    records it (gan.json) and encodes and trains with it; the page carries its model card."""
+    from studies.irm import IRMStudyConfig, run, write_docs
+
+    start = tiny_generator(tmp_path / "G0.pt")
+    cfg = IRMStudyConfig("smoke", methods=("RandMix",), seeds=(0,), generator=str(start),
+                         gan_iterations=2, gan_init=str(start), encode_steps=1,
+                         encode_init="mean", epochs=1)  # fmt: skip
+    records, docs = tmp_path / "records", tmp_path / "docs"
+    docs.mkdir()
+    run(cfg, tmp_path / "out", records)
+    card = json.loads((records / "gan.json").read_text())
+    assert card["init_from"] == str(start) and card["iterations"] == 2
+    assert card["dataset"] == "irmcf:train" and card["evaluate"]["real"] == "irmcf:test"
+    used = json.loads((records / "RandMix" / "seed-0" / "run.json").read_text())["generator"]
+    assert used["path"] == str(tmp_path / "out" / "gan" / "G.pt")
+    assert used["fingerprint"] == card["fingerprint"]
+    write_docs(records, docs)
+    assert "## The generator (model card)" in (docs / "irm-benchmark.md").read_text()
