@@ -41,11 +41,12 @@ def write_report(cfg: StudyConfig, out: Path, results: list[dict], wall_s: float
     verdict = equal_compute_verdict(results, names)
     seeds = ", ".join(map(str, cfg.seeds))
     start = "the shipped encoder's prediction" if cfg.encoder else "the mean style"
+    tested = f"the first {cfg.test_limit:,}" if cfg.test_limit else "all 10k"
     text = f"""# AdvMix demo report
 
 Classifiers trained on {cfg.train_images} Colored Fashion-MNIST training images whose colour
 is biased by class (sigma {sigma:g}), from one latent store encoded by the Beam job with the
-shipped generator ({cfg.encode_steps} inversion steps from {start}). Tested on 10k test images with the
+shipped generator ({cfg.encode_steps} inversion steps from {start}). Tested on {tested} test images with the
 same biased colours (`iid`), random colours (`random`) and another class's colours (`swapped`).
 Wall time of the whole demo: {wall_s / 60:.1f} min. Mean ± standard deviation over training
 seeds {seeds} (one store); "RandMix, AdvMix's seconds" trains RandMix for as many epochs as fit

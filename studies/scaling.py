@@ -32,6 +32,7 @@ from studies.study import (
     equal_compute_epochs,
     evaluate,
     metric_records,
+    run_epochs,
     say,
     train,
     train_seconds,
@@ -124,7 +125,8 @@ def run_scaling(cfg: ScalingConfig, out: Path) -> list[dict]:
                 runs / f"advmix-seed{seed}", runs / f"randmix-seed{seed}", epochs
             )
             long_cfg = dataclasses.replace(size_cfg, epochs=long_epochs)
-            results.append(one_run(long_cfg, "randmix-long", stores[images], seed, runs, timings))
+            results.append(one_run(long_cfg, "randmix-long", stores[images], seed, runs, timings,
+                                   train_seconds(runs / f"advmix-seed{seed}")))  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
 
@@ -159,10 +161,11 @@ def fooled_rate(run_dir: Path) -> float:
     return sum(last) / len(last) if last else float("nan")  # nan: no step was logged
 
 
-def one_run(cfg: StudyConfig, method: str, store: Path, seed: int, runs: Path, timings) -> dict:
+def one_run(cfg: StudyConfig, method: str, store: Path, seed: int, runs: Path, timings,
+            at_least_s: float | None = None) -> dict:  # fmt: skip
     run_dir = runs / f"{method}-seed{seed}"
     started = time.perf_counter()
-    model = train(cfg, method, store, seed, run_dir)
+    model = train(cfg, method, store, seed, run_dir, at_least_s)
     accuracy = evaluate(cfg, model, cfg.sigmas[0], run_dir / "eval.json")
     seconds = time.perf_counter() - started
     timings.record(f"{method} n{cfg.train_images} seed-{seed}", seconds)
@@ -173,9 +176,8 @@ def one_run(cfg: StudyConfig, method: str, store: Path, seed: int, runs: Path, t
 
 def run_row(run_dir: Path, images: int, method: str, seed: int) -> dict:
     """One finished run as a results row: its settings, training seconds and accuracies."""
-    epochs = json.loads((run_dir / "run.json").read_text())["config"]["epochs"]
     return {
-        "images": images, "method": method, "seed": seed, "epochs": epochs,
+        "images": images, "method": method, "seed": seed, "epochs": run_epochs(run_dir),
         "train_s": round(train_seconds(run_dir), 1), "run": str(run_dir),
         **accuracies(run_dir / "eval.json"),
     }  # fmt: skip
