@@ -49,8 +49,8 @@ is biased by class (sigma {sigma:g}), from one latent store encoded by the Beam 
 shipped generator ({cfg.encode_steps} inversion steps from {start}). Tested on {tested} test images with the
 same biased colours (`iid`), random colours (`random`) and another class's colours (`swapped`).
 Wall time of the whole demo: {wall_s / 60:.1f} min. Mean ± standard deviation over training
-seeds {seeds} (one store); "RandMix, AdvMix's seconds" trains RandMix for as many epochs as fit
-in each seed's AdvMix training seconds.
+seeds {seeds} (one store); "RandMix, AdvMix's seconds" trains RandMix until it has spent at
+least each seed's AdvMix training seconds (whole epochs).
 
 {table}
 

@@ -7,7 +7,8 @@ stores (``ScalingConfig.sizes``), so the number of steps grows more slowly than 
 run scores a fixed subset of the ``random`` and ``swapped`` test splits every ``eval_every``
 steps (``advmix train --eval-data``), logged against its training seconds: the accuracy-vs-
 compute curves come from those logs. At the sizes in ``equal_compute``, RandMix is trained once
-more for as many epochs as fit in the seconds AdvMix took there (``randmix-long``).
+more, until it has spent at least the seconds AdvMix took there (``randmix-long``: the
+epochs the RandMix run's pace predicts, extended with ``--resume`` while it falls short).
 
 Every step is skipped when its output exists (stores, classifiers, evaluations), so the study
 continues where it stopped; ``timings.json`` keeps the seconds of every step.

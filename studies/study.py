@@ -60,7 +60,7 @@ class StudyConfig:
     encoder: str | None = None  # Algorithm 1 starts from this encoder's prediction (else the mean)
     device: str = "cpu"  # where the encode job and training run
     extra_train_flags: tuple[str, ...] = field(default_factory=tuple)
-    # Also train RandMix for as many epochs as fit in each seed's AdvMix seconds (randmix-long).
+    # Also train RandMix until it has spent each seed's AdvMix seconds (randmix-long).
     equal_compute: bool = False
 
 
