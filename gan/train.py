@@ -75,9 +75,11 @@ class GANTrainConfig:
         return cls(**data)
 
     def architecture(self) -> dict:
-        """The parts that must match to resume (everything but run length and intervals)."""
+        """The parts that must match to resume (everything but run length, intervals and where
+        the starting generator lies: its fingerprint is what identifies it)."""
         d = self.to_dict()
-        for key in ("iterations", "snapshot_every", "sample_every", "log_every", "mix_k"):
+        for key in ("iterations", "snapshot_every", "sample_every", "log_every", "mix_k",
+                    "init_from"):  # fmt: skip
             d.pop(key)
         return d
 
