@@ -21,6 +21,11 @@ Where we differ, on purpose: every draw is seeded by the spec's ``seed`` (the or
 unseeded), and each environment keeps Fashion-MNIST's order (the original lists its red
 images before its green ones), so ``limit`` / ``offset`` take unbiased slices.
 ``irmcf:train`` lists environment 0, then environment 1; its ``env`` attribute says which.
+
+Our addition: ``irmcf:train-random`` is ``irmcf:train`` (same items, environments and labels)
+with every colour a fair coin, independent of the label: unlabelled images in which colour
+varies freely, for training a generator whose fine styles carry it (as ``cfmnist:train-random``
+is for ``cfmnist``). It says which factor is the nuisance, which IRM's protocol does not.
 """
 
 from __future__ import annotations
@@ -39,10 +44,12 @@ FOOTWEAR = (5, 7, 9)  # sandal, sneaker, ankle boot
 LABEL_FLIP = 0.25
 TRAIN_COLOR_FLIPS = (0.2, 0.1)  # p_e of environments 0 and 1
 TEST_COLOR_FLIP = 0.9
+RANDOM_COLOR_FLIP = 0.5  # irmcf:train-random: colour independent of the label
 # x / 255 > 0.5 holds exactly for uint8 x >= 128.
 BRIGHT = 128
 ENV_ATTRIBUTE = "env"
-_SPLIT_IDS = {"train": 0, "test": 1}
+# train-random draws as train does (same environments and label noise), then its own colours.
+_SPLIT_IDS = {"train": 0, "train-random": 0, "test": 1}
 
 
 @dataclass
@@ -69,13 +76,13 @@ def construct(gray: np.ndarray, classes: np.ndarray, split: str, seed: int) -> C
     """The split built from Fashion-MNIST items ``gray`` [N, 28, 28] and ``classes`` [N]."""
     rng = np.random.default_rng([seed, _SPLIT_IDS[split]])
     kept = np.flatnonzero(classes != DROPPED_CLASS)
-    if split == "train":
+    if split in ("train", "train-random"):
         # A 2-fold KFold(shuffle=True): a random half (the larger one first when odd) per
         # environment, each listed in the file's order.
         order = rng.permutation(len(kept))
         half = (len(kept) + 1) // 2
         members = [np.sort(order[:half]), np.sort(order[half:])]
-        flips = TRAIN_COLOR_FLIPS
+        flips = TRAIN_COLOR_FLIPS if split == "train" else (RANDOM_COLOR_FLIP,) * 2
     else:
         members, flips = [np.arange(len(kept))], (TEST_COLOR_FLIP,)
     parts = []
@@ -113,7 +120,8 @@ def colour_of(images: np.ndarray) -> np.ndarray:
 def load(spec: DatasetSpec, data_root: str | None = None) -> ImageSet:
     """``irmcf:train`` (with its ``env`` attribute) or ``irmcf:test`` as an ImageSet."""
     root = find_root("cfmnist", spec.root or data_root)
-    gray, classes = load_idx_pair(root, train=spec.split == "train")
+    train = spec.split != "test"
+    gray, classes = load_idx_pair(root, train=train)
     built = construct(gray, classes, spec.split, spec.seed)
     if spec.offset >= len(built):
         raise DataError(f"dataset spec {str(spec)!r}: offset {spec.offset} >= {len(built)} samples")
@@ -121,7 +129,6 @@ def load(spec: DatasetSpec, data_root: str | None = None) -> ImageSet:
     keep = slice(spec.offset, stop)
     ids = [f"irmcf/{spec.split}/{i:06d}" for i in range(spec.offset, stop)]
     images = colorize(built.gray[keep], built.red[keep])
-    train = spec.split == "train"
     return ImageSet(
         images, built.label[keep], ids, LABEL_NAMES, str(spec),
         attributes=built.env[keep, None].astype(np.int8) if train else None,

@@ -19,7 +19,7 @@ SPLITS = {
     # CelebA from its own files (?root=DIR), read by the encode job, not by advmix.datasets
     "celeba": ("train", "valid", "test", "all"),
     # IRM's Colored Fashion-MNIST (Ahuja et al. 2020), built as its authors built it: advmix.irmcf
-    "irmcf": ("train", "test"),
+    "irmcf": ("train", "train-random", "test"),
 }
 ALL_OPTIONS = ("sigma", "seed", "limit", "offset", "gray", "root")
 # Datasets that take fewer options: irmcf's colours are its authors' protocol (no sigma), and

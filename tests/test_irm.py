@@ -61,6 +61,17 @@ def test_training_environments_follow_the_published_construction(raw):
     assert abs(data.labels.mean() - positives) < _tolerance(positives, kept)
 
 
+def test_train_random_is_train_with_colours_independent_of_the_label():
+    biased, free = load("irmcf:train?seed=3"), load("irmcf:train-random?seed=3")
+    assert np.array_equal(biased.labels, free.labels)  # same items, environments and labels
+    assert np.array_equal(biased.attributes, free.attributes)
+    assert np.array_equal(biased.images.max(axis=1), free.images.max(axis=1))  # same items
+    colour = irmcf.colour_of(free.images)
+    for label in (0, 1):
+        red = (colour[free.labels == label] == 1).mean()
+        assert abs(red - 0.5) < _tolerance(0.5, int((free.labels == label).sum()))
+
+
 def test_the_test_environment_flips_colour_nine_times_in_ten():
     data = load("irmcf:test")
     assert data.attributes is None and data.attribute_names == ()
@@ -98,7 +109,7 @@ def test_a_seed_gives_the_same_data_and_slices_do_not_change_samples():
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("irmcf:nope", "unknown split 'nope' (known: train, test)"),
+        ("irmcf:nope", "unknown split 'nope' (known: train, train-random, test)"),
         ("irmcf:train?sigma=0.1", "irmcf takes no option 'sigma'"),
         ("irmcf:test?gray=1", "irmcf takes no option 'gray'"),
         ("irmcf:train?colour=red", "unknown option 'colour'"),
