@@ -42,9 +42,9 @@ def _data_lines(records: Path) -> list[str]:
     return lines
 
 
-def page(results: dict, config: dict, records: Path, ablation: dict | None = None) -> str:
-    """The page; ``ablation``: ``collect`` of the same preset's RandMix/AdvMix runs with the
-    shipped cfmnist generator (records ``<preset>-cfmnist-G``), shown beside this one's."""
+def page(results: dict, config: dict, records: Path, others: dict | None = None) -> str:
+    """The page; ``others``: {records folder: ``collect`` of it} for sibling presets that ran
+    the same methods with other generators, shown beside this one's."""
     preset, rows = config["preset"], results["methods"]
     s = _settings(records)
     command = f"python -m studies.irm --preset {preset}"
@@ -115,14 +115,15 @@ def page(results: dict, config: dict, records: Path, ablation: dict | None = Non
         "",
         *_mix_lines(records, config),
         *_generator_lines(records, config),
-        *_ablation_lines(ablation, records.parent / f"{preset}-cfmnist-G", rows),
+        *_ablation_lines(others or {}, rows),
         "## Setup, and what differs from the published one",
         "",
         f"- Same classifier and budget for every method: `{s.get('arch', 'smallcnn')}` "
         f"(width {s.get('width', '?')}), Adam lr {s.get('lr', '?')}, weight decay "
         f"{s.get('weight_decay', '?')}, batch {s.get('batch_size', '?')}, {s.get('epochs', '?')} "
-        "epochs over both environments pooled (RandMix and AdvMix train on the nominal batch and",
-        "  its mixes). The published runs use MLPs (390 hidden units; IRM games: dropout 0.75),",
+        "epochs over both environments pooled (RandMix trains on the nominal batch and its mixes,",
+        f"  AdvMix on `--train-on {_train_on(records) or 'both+random'}`). The published runs use",
+        "  MLPs (390 hidden units; IRM games: dropout 0.75),",
         "  and Arjovsky et al. full-batch steps (501) with hyper-parameters searched per method.",
         f"- IRMv1: penalty weight 1 for the first {s.get('irm_anneal_steps', '?')} steps, then "
         f"{s.get('irm_penalty_weight', '?')}, the loss divided by that weight",
@@ -216,32 +217,43 @@ def _generator_lines(records: Path, config: dict) -> list[str]:
     return lines
 
 
-def _ablation_lines(ablation: dict | None, path: Path, rows: dict) -> list[str]:
-    """The same methods with the shipped cfmnist generator, which was never shown irmcf."""
-    if not ablation or not ablation["methods"]:
+def _train_on(records: Path) -> str:
+    """What the recorded AdvMix runs trained on (``--train-on``)."""
+    runs = sorted(records.glob("AdvMix/seed-*/run.json"))
+    return json.loads(runs[0].read_text())["config"].get("train_on", "") if runs else ""
+
+
+def generator_label(config: dict) -> str:
+    if config.get("gan_iterations"):
+        return f"fine-tuned on `irmcf:{config.get('gan_data', 'train')}`"
+    return f"`{Path(config['generator']).name}` (never shown irmcf)"
+
+
+def _ablation_lines(others: dict, rows: dict) -> list[str]:
+    """The same methods with other generators (sibling presets' records), and what their
+    mixes did to the colour."""
+    others = {path: o for path, o in others.items() if o["methods"]}
+    if not others:
         return []
-    settings = _settings(path)
-    lines = ["## Ablation: the generator not trained on irmcf", "",
-             "The same store slice and classifier with the shipped `cfmnist-G.pt` (trained on "
-             "`cfmnist:train-random`: items in random full-brightness hues), encoded with "
-             "1 step from the encoder's start; AdvMix trained with "
-             f"`--train-on {settings.get('train_on', '?')}`. Records in `{path}`.", "",
-             "| method | generator | train accuracy (%) | test accuracy (%) | seeds |",
-             "|---|---|---|---|---|"]  # fmt: skip
-    for name, row in ablation["methods"].items():
-        lines.append(f"| {name} | cfmnist-G | {_cell(row['train'], row['train_std'])} | "
-                     f"{_cell(row['test'], row['test_std'])} | {row['seeds']} |")  # fmt: skip
-        if name in rows:
-            mine = rows[name]
-            lines.append(f"| {name} | this page's | {_cell(mine['train'], mine['train_std'])} | "
-                         f"{_cell(mine['test'], mine['test_std'])} | {mine['seeds']} |")  # fmt: skip
-    mixes = path / "mixes.json"
-    if mixes.exists():
-        m = json.loads(mixes.read_text())
-        lines += ["", f"With cfmnist-G, {100 * (m['mixes']['red'] + m['mixes']['green']):.1f}% of "
-                  "RandMix mixes of the training images are red or green (originals: "
-                  f"{100 * (m['originals']['red'] + m['originals']['green']):.1f}%); the rest "
-                  "show the item in a hue irmcf never uses."]  # fmt: skip
+    lines = ["## Other generators", "",
+             "The same training slice, classifier and budget, with other generators. Each row "
+             "gives the generator's mixes of 512 training images: the share that are red or "
+             "green, and the share whose colour name the mix changed (`mixes.json` in the "
+             "records).", "",
+             "| method | generator | AdvMix trains on | test accuracy (%) | seeds | mixes red or "
+             "green | colour changed | records |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for path, other in others.items():
+        config = json.loads((path / "irm-config.json").read_text())
+        mixes = path / "mixes.json"
+        m = json.loads(mixes.read_text()) if mixes.exists() else None
+        shares = (f"{100 * (m['mixes']['red'] + m['mixes']['green']):.1f}% | "
+                  f"{100 * m['colour_changed']:.1f}%") if m else " | "  # fmt: skip
+        train_on = _train_on(path)
+        for name, row in other["methods"].items():
+            lines.append(f"| {name} | {generator_label(config)} | "
+                         f"{train_on if name == 'AdvMix' else ''} | "
+                         f"{_cell(row['test'], row['test_std'])} | {row['seeds']} | {shares} | "
+                         f"`{path}` |")  # fmt: skip
     return [*lines, ""]
 
 
