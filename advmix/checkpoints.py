@@ -159,6 +159,13 @@ def read_generator_checkpoint(path, map_location="cpu") -> dict:
     }
 
 
+def fine_tuned_from(path) -> str | None:
+    """The fingerprint of the generator the one at ``path`` was fine-tuned from (``advmix gan
+    train --init-from`` records it), or None."""
+    extra = read_generator_checkpoint(path)["extra"]
+    return (extra.get("train_config") or {}).get("init_fingerprint")
+
+
 def load_generator(path, map_location="cpu") -> Generator:
     """Rebuild a Generator from a checkpoint written by ``save_generator`` (eval mode)."""
     data = read_generator_checkpoint(path, map_location=map_location)

@@ -108,10 +108,11 @@ def run(argv: list[str] | None = None) -> dict:
                          "replace it")  # fmt: skip
     if (args.init == "encoder") != (args.encoder is not None):
         build_parser().error("--init encoder and --encoder E.pt go together")
-    G = load_generator(local_copy(args.generator, storage_options))
+    generator_path = local_copy(args.generator, storage_options)
+    G = load_generator(generator_path)
     if args.encoder:  # refused here, before any work, when unreadable or for another generator
         encoder = load_matching_encoder(local_copy(args.encoder, storage_options), G,
-                                        torch.device("cpu"))  # fmt: skip
+                                        generator_path, torch.device("cpu"))  # fmt: skip
         args.encoder_fingerprint = encoder_fingerprint(encoder)
     load_features(args.features)  # fail here, not on a worker, when the weights are unusable
     k = resolve_k(G, args.k)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from advmix.checkpoints import generator_fingerprint, load_generator
+from advmix.checkpoints import fine_tuned_from, generator_fingerprint, load_generator
 from advmix.errors import AdvmixError
 from advmix.inversion import InversionConfig, invert, mean_style
 from advmix.perceptual import load_features
@@ -78,14 +78,15 @@ class Projector:
     ):
         self.threads = threads
         self.device = resolve_device(device)
-        G = load_generator(local_copy(generator_url, storage_options), map_location=self.device)
+        generator_path = local_copy(generator_url, storage_options)
+        G = load_generator(generator_path, map_location=self.device)
         self.G = G.eval().requires_grad_(False)
         self.features = load_features(features, device=self.device)
         self.cfg = cfg
         self.encoder = None
         if cfg.init == "encoder":
             self.encoder = load_matching_encoder(local_copy(encoder_url, storage_options), G,
-                                                 self.device)  # fmt: skip
+                                                 generator_path, self.device)  # fmt: skip
         else:
             self.w_start = mean_style(self.G, cfg.w_avg_samples, cfg.seed)  # once, not per batch
         self.batches = 0
@@ -114,14 +115,17 @@ class Projector:
         }
 
 
-def load_matching_encoder(path: str, G, device):
+def load_matching_encoder(path: str, G, generator_path: str, device):
     """The amortised encoder at ``path``, refused with one line unless it was trained for
-    ``G`` (its recorded generator fingerprint)."""
+    ``G`` (its recorded generator fingerprint) or for the generator ``G`` was fine-tuned from
+    (a start the inversion steps then refine: fine-tuning barely moves the mapping network)."""
     from advmix.encoder import load_encoder
 
     encoder, info = load_encoder(path, map_location=device)
     fingerprint = generator_fingerprint(G)  # hashes a CPU copy of every tensor
-    if info["generator_fingerprint"] != fingerprint:
+    if info["generator_fingerprint"] == fine_tuned_from(generator_path):
+        log.info("%s: trained for the generator this one was fine-tuned from", path)
+    elif info["generator_fingerprint"] != fingerprint:
         raise AdvmixError(
             f"{path}: this encoder was trained for generator {info['generator_fingerprint'][:16]}"
             f"..., not for --generator ({fingerprint[:16]}...)"

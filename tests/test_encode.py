@@ -344,3 +344,25 @@ def test_bad_encoder_arguments_are_one_line(nets, encoders, tmp_path, extra, cod
     assert result.returncode == code, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_an_encoder_serves_generators_fine_tuned_from_its_own(nets, encoders, tmp_path):
+    """A generator fine-tuned (``gan train --init-from``) from the encoder's generator records
+    that start; the encoder is accepted for it, and for no other generator."""
+    import torch
+
+    from advmix.checkpoints import save_generator
+    from gan.train import GANTrainConfig, fine_tuning
+
+    G = load_generator(nets[0])
+    cfg = fine_tuning(GANTrainConfig(), str(nets[0]))
+    with torch.no_grad():
+        next(G.parameters()).add_(0.01)  # a fine-tuned copy: other weights, other fingerprint
+    tuned = tmp_path / "tuned.pt"
+    save_generator(G, tuned, {"train_config": cfg.to_dict()})
+    args = _args((tuned, nets[1]), tmp_path / "store", "--init", "encoder", "--encoder",
+                 str(encoders[0]))  # fmt: skip
+    assert run(args)["encoded"] == 40
+    refused = _encode_cli(*_args((tuned, nets[1]), tmp_path / "x", "--init", "encoder",
+                                 "--encoder", str(encoders[2])))  # fmt: skip
+    assert refused.returncode == 1 and "was trained for generator" in refused.stderr
