@@ -11,7 +11,10 @@ from advmix import shipped
 
 def record_generator(G: str, records: Path) -> None:
     """records/gan.json: how the study's generator was trained and what ``advmix gan
-    evaluate`` measured on it (its model card's numbers)."""
+    evaluate`` measured on it (its model card's numbers); and its sample and style-mixing
+    grids at the chosen k, when they lie beside it."""
+    import shutil
+
     from advmix.checkpoints import generator_fingerprint, load_generator, read_generator_checkpoint
 
     extra = read_generator_checkpoint(G)["extra"]
@@ -21,6 +24,9 @@ def record_generator(G: str, records: Path) -> None:
             "iterations": extra.get("iteration"), "images_seen": extra.get("images_seen"),
             "train_wall_s": extra.get("train_wall_s"), "evaluate": extra["evaluate"]}  # fmt: skip
     (records / "gan.json").write_text(json.dumps(card, indent=2) + "\n")
+    for name in ("samples.png", f"mixing-k{card['k']}.png"):
+        if (Path(G).parent / name).exists():
+            shutil.copyfile(Path(G).parent / name, records / f"gan-{name}")
 
 
 def store_statistics(store: Path) -> dict:

@@ -214,6 +214,11 @@ def _generator_lines(records: Path, config: dict) -> list[str]:
         f"{e['fd_colour_real_floor']}).",
         "",
     ]  # fmt: skip
+    grid = records / f"gan-mixing-k{g['k']}.png"
+    if grid.exists():  # the page lies in docs/, beside records/
+        where = grid.relative_to(grid.parents[3])
+        lines += [f"Style mixing at k = {g['k']} (top row B, left column A; each cell takes A's "
+                  f"coarse and B's fine styles):", "", f"![mixing]({where})", ""]  # fmt: skip
     return lines
 
 
