@@ -36,8 +36,9 @@ METHODS = {
     "IRMv1": ("--method", "irm"),
     "RandMix": ("--method", "randmix"),
     "AdvMix": ("--method", "advmix"),
-    # AdvMix's worst-case and random mixes without the nominal images: the classifier never
-    # sees a real image, whose colour it could learn apart from the generated ones'.
+    # Mixes without the nominal images: the classifier never sees a real image, whose colour
+    # it could learn apart from the generated images'.
+    "RandMix-mixes": ("--method", "randmix", "--train-on", "mixes"),
     "AdvMix-mixes": ("--method", "advmix", "--train-on", "mixes+random"),
 }
 RECORDS = Path("docs/records/irm")
