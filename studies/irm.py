@@ -1,6 +1,6 @@
 """IRM's Colored Fashion-MNIST benchmark: ERM, ERM on grey images, IRMv1, RandMix and AdvMix.
 
-    python -m studies.irm --preset small            # every method on 6,000 images (~4 h, 2 cores)
+    python -m studies.irm --preset small            # every method on 6,000 images (hours on 2 cores)
     python -m studies.irm --preset small-biased-gan # RandMix, AdvMix, generator tuned on irmcf:train
     python -m studies.irm --preset baselines        # ERM, grey, IRMv1 on all 54,000 images
     python -m studies.irm --preset cpu              # every method on all 54,000 images
