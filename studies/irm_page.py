@@ -143,6 +143,10 @@ def page(results: dict, config: dict, records: Path, others: dict | None = None)
         *([f"- {', '.join(missing)}: not run in preset `{preset}`."] if missing else []),
         *([f"- {', '.join(few)}: fewer than 5 seeds."] if (few := [m for m, r in rows.items()
                                                               if r["seeds"] < 5]) else []),  # fmt: skip
+        *[f"- Preset `{name}` ({what}): no records yet." for name, what in
+          (("cpu", "every method on all 54,000 training images"),
+           ("gpu", "a generator trained from scratch, every image"))
+          if name != preset and not (records.parent / name).is_dir()],  # fmt: skip
         *([] if config.get("gan_iterations") else [
             f"- A StyleGAN2 trained on irmcf images. This page's generator is "
             f"`{Path(config['generator']).name}`, trained on `cfmnist:train-random`, not on irmcf's",
