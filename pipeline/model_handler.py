@@ -123,13 +123,14 @@ def load_matching_encoder(path: str, G, generator_path: str, device):
 
     encoder, info = load_encoder(path, map_location=device)
     fingerprint = generator_fingerprint(G)  # hashes a CPU copy of every tensor
-    if info["generator_fingerprint"] == fine_tuned_from(generator_path):
+    trained_for = info["generator_fingerprint"]
+    if trained_for != fingerprint:
+        if trained_for != fine_tuned_from(generator_path):  # reads the file only in this case
+            raise AdvmixError(
+                f"{path}: this encoder was trained for generator {trained_for[:16]}..., not for "
+                f"--generator ({fingerprint[:16]}...)"
+            )
         log.info("%s: trained for the generator this one was fine-tuned from", path)
-    elif info["generator_fingerprint"] != fingerprint:
-        raise AdvmixError(
-            f"{path}: this encoder was trained for generator {info['generator_fingerprint'][:16]}"
-            f"..., not for --generator ({fingerprint[:16]}...)"
-        )
     return encoder.attach(G)  # an iterative encoder decodes with G between its passes
 
 

@@ -298,13 +298,15 @@ def _irm_note(rows: dict) -> list[str]:
 
 
 def _lead(a: dict, b: dict) -> str:
-    """AdvMix-mixes against RandMix-mixes at test: a lead within the larger std is level."""
+    """AdvMix-mixes against RandMix-mixes at test, judged as the colour study judges leads."""
+    from studies.report import standing
+
     lead, spread = a["test"] - b["test"], max(a["test_std"], b["test_std"])
-    verdict = "level" if abs(lead) <= spread else "ahead" if lead > 0 else "behind"
+    verdict = standing(lead, spread)
     return (
         f"AdvMix-mixes is {verdict} ({100 * lead:+.1f} points, std up to "
         f"{100 * spread:.1f}): here the worst case adds "
-        + ("nothing the random mixes do not give" if verdict != "ahead" else "accuracy")
+        + ("accuracy" if verdict == "ahead" else "nothing the random mixes do not give")
     )
 
 
