@@ -144,8 +144,9 @@ def train_command(cfg: StudyConfig, method: str, store: Path, seed: int, run_dir
 
 
 def run_epochs(run_dir: Path) -> int:
-    """The epochs a finished run was trained for (its last session's setting)."""
-    return json.loads((run_dir / "run.json").read_text())["config"]["epochs"]
+    """The epochs a finished run has trained, resumed sittings included: its last epoch record
+    (``run.json`` keeps the first sitting's setting; a resume writes ``run-resume-*.json``)."""
+    return metric_records(run_dir, "epoch")[-1]["epoch"] + 1
 
 
 def evaluate(cfg: StudyConfig, model: Path, sigma: float, out_json: Path) -> dict[str, float]:
