@@ -25,7 +25,9 @@ from PIL import Image
 from snapshot_writer import globals_of, snapshot_pickle
 
 from advmix.checkpoints import CheckpointError, generator_fingerprint, load_generator
+from advmix.exporters import ExportError, nvlabs_layout
 from advmix.importers import import_generator
+from advmix.stylegan import Generator, GeneratorConfig
 from cli.main import main
 
 FIXTURES = Path(__file__).parent / "fixtures" / "stylegan2"
@@ -266,3 +268,30 @@ def test_an_imported_64px_generator_through_both_stages(tmp_path, capsys):
           "--json-out", str(tmp_path / "eval.json")])  # fmt: skip
     row = json.loads((tmp_path / "eval.json").read_text())["results"][0]
     assert row["budget"]["k"] == 6 and row["n"] == 16
+
+
+@pytest.mark.parametrize("name", ["nvlabs-32", "nvlabs-64-fp16-clamp"])
+def test_an_imported_generator_exports_back_to_the_nvlabs_tensors(tmp_path, name):
+    """NVlabs' tools (its projector, its metrics) can run a generator the project holds: the
+    export gives back every tensor the snapshot had, under its name, and constructor
+    arguments that build the same network (fp16 layers run in fp32, as imported)."""
+    ref = fixture(name)
+    kwargs = json.loads(ref["init_kwargs"])
+    (tmp_path / "snapshot.pkl").write_bytes(snapshot_pickle(ref["state_dict"], kwargs, "#"))
+    init_kwargs, state = nvlabs_layout(import_generator(tmp_path / "snapshot.pkl").generator)
+    assert sorted(state) == sorted(ref["state_dict"])
+    for key, value in ref["state_dict"].items():
+        assert torch.equal(state[key], value.float()), key
+    # the snapshot's own arguments, bar fp16 (its fp16 layers run in fp32 here, and so there)
+    kwargs["synthesis_kwargs"]["num_fp16_res"] = 0
+    for key, value in kwargs.items():
+        if key.endswith("_kwargs"):
+            assert value.items() <= init_kwargs[key].items()
+        else:
+            assert init_kwargs[key] == value
+
+
+def test_a_bilinear_generator_is_refused_for_export():
+    G = Generator(GeneratorConfig(resolution=8, channel_base=64, channel_max=16, z_dim=8, w_dim=8))
+    with pytest.raises(ExportError, match="FIR filter; this one is 'bilinear'"):
+        nvlabs_layout(G)
