@@ -27,6 +27,14 @@ import torch
 from advmix.perceptual import VGGFeatures
 from advmix.stylegan import Generator, resolve_k
 
+PAPER_BETAS = (0.9, 0.999)
+# From an encoder's prediction Adam's first steps of the mean start's 0.2 per coordinate undo
+# the start (docs/encoding.md: 22.7 dB at 0 steps, 19.7 dB after 5). Smaller steps with short
+# moment memories refine it furthest in a few steps (docs/encoding.md, "The refinement's
+# optimiser"). The encode job's defaults from an encoder.
+WARM_START_LR = 0.05
+WARM_START_BETAS = (0.5, 0.9)
+
 
 @dataclass
 class InversionConfig:
@@ -43,13 +51,21 @@ class InversionConfig:
     # Where the optimisation starts: "mean" (the paper: the mean of M mapped latents) or
     # "encoder" (an amortised encoder's prediction per image, advmix/encoder.py).
     init: str = "mean"
+    # Adam's (beta1, beta2). The paper's and NVlabs' (0.9, 0.999) suit a long walk from the
+    # mean; a short refinement of an encoder's start goes further with shorter memories
+    # (docs/encoding.md), which the encode job uses from an encoder.
+    betas: tuple[float, float] = PAPER_BETAS
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             **asdict(self),
             "alpha_features": list(self.alpha_features),
             "beta_mix": list(self.beta_mix),
+            "betas": list(self.betas),
         }
+        if tuple(self.betas) == PAPER_BETAS:  # as stores written before the setting existed
+            del data["betas"]
+        return data
 
 
 @dataclass
@@ -124,7 +140,7 @@ def invert(
     ws = w_start.to(device).expand(batch, -1, -1).clone().requires_grad_(True)
     # One z per step plus one for the reported final loss.
     z_mix = mixing_noise([cfg.seed * 1_000_003 + s for s in seeds], cfg.steps + 1, G.cfg.z_dim)
-    optimiser = torch.optim.Adam([ws], lr=cfg.lr, betas=(0.9, 0.999))
+    optimiser = torch.optim.Adam([ws], lr=cfg.lr, betas=tuple(cfg.betas))
 
     with torch.enable_grad():
         for step in range(cfg.steps):

@@ -49,13 +49,12 @@ from advmix.datasets import load
 from advmix.encoder import load_encoder
 from advmix.exporters import nvlabs_layout
 from advmix.importers import import_generator
-from advmix.inversion import InversionConfig, invert
+from advmix.inversion import WARM_START_BETAS, WARM_START_LR, InversionConfig, invert
 from advmix.perceptual import load_features
 from advmix.stylegan import Generator
 
 VGG16_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/vgg16.pt"
 OUR_STEPS = (0, 10, 40, 100)
-WARM_START_LR = 0.02  # Adam's rate from an encoder's start (pipeline.encode's default)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -171,7 +170,8 @@ def ours(G: Generator, images: Tensor, steps: int) -> dict:
     started = time.perf_counter()
     with torch.no_grad():
         start = encoder.attach(G)(images)
-    cfg = InversionConfig(steps=steps, lr=WARM_START_LR, init="encoder", k=G.cfg.k)
+    cfg = InversionConfig(steps=steps, lr=WARM_START_LR, betas=WARM_START_BETAS, init="encoder",
+                          k=G.cfg.k)  # fmt: skip
     result = invert(G, features, images, cfg, w_start=start)
     seconds = time.perf_counter() - started
     return {"steps": steps, "psnr_db": round(float(result.rec_psnr.mean()), 2),

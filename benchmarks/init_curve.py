@@ -24,20 +24,28 @@ from advmix.checkpoints import load_generator
 from advmix.classifiers import load_classifier, predict
 from advmix.datasets import load
 from advmix.encoder import load_encoder
-from advmix.inversion import InversionConfig, invert, mean_style
+from advmix.inversion import (
+    PAPER_BETAS,
+    WARM_START_BETAS,
+    WARM_START_LR,
+    InversionConfig,
+    invert,
+    mean_style,
+)
 from advmix.perceptual import load_features
 from advmix.stylegan import decode, seeded_z
 
 STEPS = (0, 2, 5, 10, 20, 40, 100)
-WARM_START_LR = 0.02  # Adam's rate from an encoder's start (pipeline.encode's default)
 
 
 def measure_point(G, features, classifier, encoder, images, labels, steps: int, batch: int,
-                  encoder_lr: float = WARM_START_LR):  # fmt: skip
+                  encoder_lr: float = WARM_START_LR,
+                  encoder_betas: tuple[float, float] = WARM_START_BETAS):  # fmt: skip
     """Quality and images/s of one (init, steps) point over all ``images``."""
     init = "encoder" if encoder else "mean"
     lr = encoder_lr if encoder is not None else 0.2
-    cfg = InversionConfig(steps=steps, k=G.cfg.k, init=init, lr=lr)
+    betas = encoder_betas if encoder is not None else PAPER_BETAS
+    cfg = InversionConfig(steps=steps, k=G.cfg.k, init=init, lr=lr, betas=betas)
     mean = mean_style(G, cfg.w_avg_samples, cfg.seed)
     ws, psnr = [], []
     started = time.perf_counter()
@@ -68,7 +76,7 @@ def measure_point(G, features, classifier, encoder, images, labels, steps: int, 
 
 def run(encoder_path: str, num_images: int = 512, batch: int = 64, steps=STEPS,
         inits=("mean", "encoder"), encoder_lr: float = WARM_START_LR, offset: int = 0,
-        ) -> dict:  # fmt: skip
+        encoder_betas: tuple[float, float] = WARM_START_BETAS) -> dict:  # fmt: skip
     torch.manual_seed(0)
     G = load_generator(shipped.GENERATOR)
     features = load_features("cfmnist")
@@ -85,14 +93,14 @@ def run(encoder_path: str, num_images: int = 512, batch: int = 64, steps=STEPS,
            "threads": torch.get_num_threads(), "encoder": info["fingerprint"],
            "encoder_kind": encoder.cfg.kind, "encoder_passes": encoder.cfg.passes,
            "classifier_on_originals": round(float((originals == labels).float().mean()), 4),
-           "encoder_lr": encoder_lr}  # fmt: skip
+           "encoder_lr": encoder_lr, "encoder_betas": list(encoder_betas)}  # fmt: skip
     for name, enc in (("mean", None), ("encoder", encoder)):
         if name not in inits:
             continue
         out[name] = []
         for n in steps:
             point = measure_point(G, features, classifier, enc, images, labels, n, batch,
-                                  encoder_lr)  # fmt: skip
+                                  encoder_lr, encoder_betas)  # fmt: skip
             print(json.dumps({"init": name, **point}), flush=True)
             out[name].append(point)
     return out
@@ -106,11 +114,13 @@ def main() -> None:
     parser.add_argument("--steps", default=",".join(map(str, STEPS)))
     parser.add_argument("--inits", default="mean,encoder")
     parser.add_argument("--encoder-lr", type=float, default=WARM_START_LR)
+    parser.add_argument("--encoder-betas", default=",".join(map(str, WARM_START_BETAS)))
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     steps = tuple(int(s) for s in args.steps.split(","))
     result = run(args.encoder, args.images, steps=steps, inits=args.inits.split(","),
-                 encoder_lr=args.encoder_lr, offset=args.offset)  # fmt: skip
+                 encoder_lr=args.encoder_lr, offset=args.offset,
+                 encoder_betas=tuple(float(b) for b in args.encoder_betas.split(",")))  # fmt: skip
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=2)
 

@@ -34,7 +34,7 @@ from apache_beam.ml.inference.base import RunInference
 from advmix.checkpoints import generator_fingerprint, load_generator
 from advmix.encoder import encoder_fingerprint
 from advmix.errors import AdvmixError
-from advmix.inversion import InversionConfig
+from advmix.inversion import PAPER_BETAS, WARM_START_BETAS, WARM_START_LR, InversionConfig
 from advmix.perceptual import load_features
 from advmix.spec import parse_spec
 from advmix.stylegan import resolve_k
@@ -63,9 +63,6 @@ from schemas.writer import StoreWriter
 
 log = logging.getLogger("pipeline.encode")
 MAX_STORED_IMAGE_PIXELS = 64 * 64  # keep source images in the store up to this size
-# From an encoder's prediction, Adam's first steps of 0.2 per coordinate undo the start
-# (docs/encoding.md: 22.7 dB at 0 steps, 19.7 dB after 5); 0.02 refines it.
-WARM_START_LR = 0.02
 
 
 def plan_store(args, listing: Listing, G, num_accepted: int) -> tuple[Layout, Provenance]:
@@ -119,6 +116,7 @@ def run(argv: list[str] | None = None) -> dict:
     args.inversion = InversionConfig(
         steps=args.steps,
         lr=args.lr if args.lr is not None else WARM_START_LR if args.encoder else 0.2,
+        betas=args.adam_betas or (WARM_START_BETAS if args.encoder else PAPER_BETAS),
         w_avg_samples=args.w_avg_samples,
         beta_mix=(args.beta_mix,) * 3,
         k=k,

@@ -33,8 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr",
         type=positive_float,
         default=None,
-        help="Adam learning rate on W+ [default: 0.2 from the mean style, 0.02 from "
+        help="Adam learning rate on W+ [default: 0.2 from the mean style, 0.05 from "
         "an encoder's prediction: a warm start takes small steps]",
+    )
+    p.add_argument(
+        "--adam-betas",
+        type=beta_pair,
+        default=None,
+        metavar="B1,B2",
+        help="Adam's betas [default: 0.9,0.999 from the mean style (the paper), 0.5,0.9 from "
+        "an encoder's prediction: short memories suit a short refinement]",
     )
     p.add_argument(
         "--beta-mix", type=non_negative_float, default=0.2, help="mixing-loss weight per VGG layer"
@@ -99,6 +107,16 @@ def positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
+
+
+def beta_pair(text: str) -> tuple[float, float]:
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected two numbers B1,B2, got {text!r}")
+    betas = (finite_float(parts[0]), finite_float(parts[1]))
+    if not all(0 <= b < 1 for b in betas):
+        raise argparse.ArgumentTypeError(f"each beta must be in [0, 1), got {text}")
+    return betas
 
 
 def non_negative_float(text: str) -> float:

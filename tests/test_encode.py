@@ -59,6 +59,7 @@ def test_in_memory_run_writes_a_complete_store(nets, reference):
     assert store.manifest.provenance.generator_fingerprint == generator_fingerprint(G)
     assert store.manifest.provenance.dataset == SPEC
     assert store.manifest.provenance.encoder["steps"] == 3
+    assert "betas" not in store.manifest.provenance.encoder  # the paper's Adam, as ever
     shards = [store.read_shard(s) for s in range(3)]
     w = np.concatenate([s.w for s in shards])
     assert w.shape == (40, G.num_ws, 32) and np.isfinite(w).all()
@@ -313,6 +314,9 @@ def test_encoder_init_is_recorded_and_never_mixes_with_another(nets, encoders, t
 
     recorded = open_store(str(out)).encoder
     assert recorded["init"] == "encoder"
+    # the warm start's optimiser is part of the store's recipe (a mean-init store, the paper's
+    # Adam, records none, as stores did before the setting existed)
+    assert (recorded["lr"], recorded["betas"]) == (0.05, [0.5, 0.9])
     assert recorded["encoder_fingerprint"] == encoder_fingerprint(load_encoder(encoders[0])[0])
     # an unfinished store started with one encoder refuses another, before any work
     import shutil

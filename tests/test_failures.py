@@ -245,6 +245,8 @@ def test_encoding_into_a_committed_store_is_refused_up_front(nets):
         (["--lr", "nan"], "--lr: nan is not a finite number"),
         (["--lr", "0"], "--lr: must be > 0"),
         (["--beta-mix", "-1"], "--beta-mix: must be >= 0"),
+        (["--adam-betas", "0.9"], "--adam-betas: expected two numbers B1,B2"),
+        (["--adam-betas", "0.9,1"], "--adam-betas: each beta must be in [0, 1)"),
     ],
 )
 def test_encode_usage_errors_are_one_line(flags, words):
