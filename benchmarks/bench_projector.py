@@ -156,7 +156,17 @@ def vgg16_cache(work: Path, vgg16: str | None) -> str:
 def upstream(args: list[str], work: Path, checkout: str) -> None:
     env = {**os.environ, "DNNLIB_CACHE_DIR": str(work / "dnnlib-cache")}
     command = [sys.executable, "-m", "benchmarks.nvlabs_projector", "--upstream", checkout, *args]
-    subprocess.run(command, check=True, cwd=ROOT, env=env)
+    done = subprocess.run(command, cwd=ROOT, env=env)
+    if done.returncode:
+        raise SystemExit(f"NVlabs' code failed on {args[0]} (exit {done.returncode}; its output "
+                         "is above)")  # fmt: skip
+
+
+def check_checkout(checkout: str) -> None:
+    missing = [name for name in ("projector.py", "legacy.py", "training/networks.py")
+               if not (Path(checkout) / name).is_file()]  # fmt: skip
+    if missing:
+        raise SystemExit(f"{checkout}: not a stylegan2-ada-pytorch checkout (no {missing[0]})")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,6 +194,7 @@ def ours(G: Generator, images: Tensor, steps: int) -> dict:
 def compare(checkout: str, work: Path, num_images: int = 16, offset: int = 5000,
             their_steps: int = 1000, our_steps=OUR_STEPS, distill_steps: int = 1500,
             vgg16: str | None = None) -> dict:  # fmt: skip
+    check_checkout(checkout)
     torch.set_num_threads(1)
     work.mkdir(parents=True, exist_ok=True)
     twin, twin_facts = twin_of_shipped(work, distill_steps)
@@ -199,7 +210,8 @@ def compare(checkout: str, work: Path, num_images: int = 16, offset: int = 5000,
     np.save(work / "targets.npy", data.images)
     images = torch.from_numpy(data.images).float() / 127.5 - 1.0
     which_vgg = vgg16_cache(work, vgg16)
-    projected = work / f"nvlabs-{their_steps}-steps-{num_images}-from-{offset}.npz"
+    lpips = "vgg16" if vgg16 else "stand-in"
+    projected = work / f"nvlabs-{their_steps}-steps-{num_images}-from-{offset}-{lpips}.npz"
     if projected.exists():  # their side is the slow one: kept, as the twin is
         print(f"reusing {projected}", flush=True)
     else:

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import io
 
+import pytest
 import torch
 
 from advmix import shipped
 from advmix.checkpoints import load_generator
 from advmix.encoder import perceptual_distance
 from advmix.perceptual import load_features
-from benchmarks.bench_projector import LpipsStandIn, fir_twin, mixed_styles
+from benchmarks.bench_projector import LpipsStandIn, compare, fir_twin, mixed_styles
 
 
 def test_the_lpips_stand_in_is_algorithm_1s_feature_distance_through_vgg16_pt_interface():
@@ -40,3 +41,10 @@ def test_the_nvlabs_twin_is_the_shipped_generator_inside_the_borders():
     inside = (a - b)[..., 12:20, 12:20].abs().mean().item()
     border = (a - b)[..., :, :2].abs().mean().item()
     assert inside < 0.05 < border  # the borders are what distilling fixes
+
+
+def test_a_folder_that_is_not_the_upstream_checkout_is_refused_in_one_line(tmp_path):
+    (tmp_path / "projector.py").write_text("")  # a projector alone is not the checkout
+    with pytest.raises(SystemExit, match=r"not a stylegan2-ada-pytorch checkout \(no legacy.py\)"):
+        compare(str(tmp_path), tmp_path / "work")
+    assert not (tmp_path / "work").exists()  # refused before any work
