@@ -28,18 +28,22 @@ from advmix.perceptual import VGGFeatures
 from advmix.stylegan import Generator, resolve_k
 
 PAPER_BETAS = (0.9, 0.999)
+# Adam on W+ from the mean: 0.05/0.1/0.2 gave 21.8/22.6/23.0 dB (50 steps, 16 images)
+PAPER_LR = 0.2
 # From an encoder's prediction Adam's first steps of the mean start's 0.2 per coordinate undo
 # the start (docs/encoding.md: 22.7 dB at 0 steps, 19.7 dB after 5). Smaller steps with short
 # moment memories refine it furthest in a few steps (docs/encoding.md, "The refinement's
 # optimiser"). The encode job's defaults from an encoder.
 WARM_START_LR = 0.05
 WARM_START_BETAS = (0.5, 0.9)
+# Adam's default (lr, betas) by where the walk starts (InversionConfig.init).
+START_ADAM = {"mean": (PAPER_LR, PAPER_BETAS), "encoder": (WARM_START_LR, WARM_START_BETAS)}
 
 
 @dataclass
 class InversionConfig:
     steps: int = 100
-    lr: float = 0.2  # Adam on W+; 0.05/0.1/0.2 gave 21.8/22.6/23.0 dB at 50 steps (16 images)
+    lr: float = PAPER_LR
     lr_rampdown: float = 0.25  # cosine ramp-down over the last fraction of steps (NVlabs projector)
     w_avg_samples: int = 1000  # M in Algorithm 1
     alpha_pixel: float = 1.0  # a0

@@ -17,14 +17,7 @@ import torch
 from advmix import shipped
 from advmix.checkpoints import load_generator, save_generator
 from advmix.datasets import load
-from advmix.inversion import (
-    PAPER_BETAS,
-    WARM_START_BETAS,
-    WARM_START_LR,
-    InversionConfig,
-    invert,
-    mean_style,
-)
+from advmix.inversion import START_ADAM, InversionConfig, invert, mean_style
 from advmix.perceptual import load_features
 from advmix.stylegan import Generator, GeneratorConfig
 
@@ -121,9 +114,8 @@ def equal_quality(num_images: int = 64, mean_steps: int = 100, encoder_steps: in
     encoder.attach(G)
     out = {"images": num_images, "encoder_kind": encoder.cfg.kind,
            "encoder_passes": encoder.cfg.passes}  # fmt: skip
-    starts = (("mean", mean_steps, 0.2, PAPER_BETAS),
-              ("encoder", encoder_steps, WARM_START_LR, WARM_START_BETAS))  # fmt: skip
-    for name, steps, lr, betas in starts:
+    for name, steps in (("mean", mean_steps), ("encoder", encoder_steps)):
+        lr, betas = START_ADAM[name]
         cfg = InversionConfig(steps=steps, k=G.cfg.k, lr=lr, betas=betas, init=name)
         started = time.perf_counter()
         with torch.no_grad():

@@ -25,7 +25,7 @@ from advmix.classifiers import load_classifier, predict
 from advmix.datasets import load
 from advmix.encoder import load_encoder
 from advmix.inversion import (
-    PAPER_BETAS,
+    START_ADAM,
     WARM_START_BETAS,
     WARM_START_LR,
     InversionConfig,
@@ -43,8 +43,7 @@ def measure_point(G, features, classifier, encoder, images, labels, steps: int, 
                   encoder_betas: tuple[float, float] = WARM_START_BETAS):  # fmt: skip
     """Quality and images/s of one (init, steps) point over all ``images``."""
     init = "encoder" if encoder else "mean"
-    lr = encoder_lr if encoder is not None else 0.2
-    betas = encoder_betas if encoder is not None else PAPER_BETAS
+    lr, betas = (encoder_lr, encoder_betas) if encoder is not None else START_ADAM["mean"]
     cfg = InversionConfig(steps=steps, k=G.cfg.k, init=init, lr=lr, betas=betas)
     mean = mean_style(G, cfg.w_avg_samples, cfg.seed)
     ws, psnr = [], []

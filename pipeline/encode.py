@@ -34,7 +34,7 @@ from apache_beam.ml.inference.base import RunInference
 from advmix.checkpoints import generator_fingerprint, load_generator
 from advmix.encoder import encoder_fingerprint
 from advmix.errors import AdvmixError
-from advmix.inversion import PAPER_BETAS, WARM_START_BETAS, WARM_START_LR, InversionConfig
+from advmix.inversion import START_ADAM, InversionConfig
 from advmix.perceptual import load_features
 from advmix.spec import parse_spec
 from advmix.stylegan import resolve_k
@@ -113,10 +113,11 @@ def run(argv: list[str] | None = None) -> dict:
         args.encoder_fingerprint = encoder_fingerprint(encoder)
     load_features(args.features)  # fail here, not on a worker, when the weights are unusable
     k = resolve_k(G, args.k)
+    lr, betas = START_ADAM[args.init]
     args.inversion = InversionConfig(
         steps=args.steps,
-        lr=args.lr if args.lr is not None else WARM_START_LR if args.encoder else 0.2,
-        betas=args.adam_betas or (WARM_START_BETAS if args.encoder else PAPER_BETAS),
+        lr=args.lr if args.lr is not None else lr,
+        betas=args.adam_betas or betas,
         w_avg_samples=args.w_avg_samples,
         beta_mix=(args.beta_mix,) * 3,
         k=k,
