@@ -59,6 +59,11 @@ class InversionConfig:
     # mean; a short refinement of an encoder's start goes further with shorter memories
     # (docs/encoding.md), which the encode job uses from an encoder.
     betas: tuple[float, float] = PAPER_BETAS
+    # The mixing loss on the last ``mix_steps`` steps only; None: on every step (Algorithm 1).
+    # A step without it decodes and features one image instead of two, at under half the
+    # time, and from an encoder's start a short walk keeps its mixes' class without it
+    # (docs/encoding.md, "Steps without the mixing loss").
+    mix_steps: int | None = None
 
     def to_dict(self) -> dict:
         data = {
@@ -67,9 +72,16 @@ class InversionConfig:
             "beta_mix": list(self.beta_mix),
             "betas": list(self.betas),
         }
-        if tuple(self.betas) == PAPER_BETAS:  # as stores written before the setting existed
+        # As stores written before these settings existed, when they hold the paper's values.
+        if tuple(self.betas) == PAPER_BETAS:
             del data["betas"]
+        if self.mix_steps is None:
+            del data["mix_steps"]
         return data
+
+    def mixes_at(self, step: int) -> bool:
+        """Whether step ``step`` (0-based) of ``steps`` includes the mixing loss."""
+        return self.mix_steps is None or step >= self.steps - self.mix_steps
 
 
 @dataclass
@@ -150,9 +162,8 @@ def invert(
         for step in range(cfg.steps):
             for group in optimiser.param_groups:
                 group["lr"] = _learning_rate(cfg, step)
-            loss = _objective(
-                G, features, ws, target, target_feats, z_mix[:, step].to(device), k, cfg
-            )
+            z = z_mix[:, step].to(device) if cfg.mixes_at(step) else None
+            loss = _objective(G, features, ws, target, target_feats, z, k, cfg)
             optimiser.zero_grad(set_to_none=True)
             loss.sum().backward()
             optimiser.step()
@@ -169,12 +180,14 @@ def invert(
 
 
 def _objective(G, features, ws, target, target_feats, z, k, cfg) -> torch.Tensor:
-    """Per-image L_rec + L_mix [B] (Algorithm 1, lines 3-8)."""
+    """Per-image L_rec + L_mix [B] (Algorithm 1, lines 3-8); L_rec alone when ``z`` is None."""
     recon = G.synthesis(ws, noise_mode="const")
     rec = cfg.alpha_pixel * _per_image_mse(recon, target)
     rec = rec + _feature_loss(
         features(recon), target_feats, cfg.alpha_features, cfg.normalize_features
     )
+    if z is None:
+        return rec
     with torch.no_grad():
         random_styles = G.mapping(z)
     mixed = G.synthesis(G.mix(ws, random_styles, k), noise_mode="const")

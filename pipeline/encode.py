@@ -120,6 +120,7 @@ def run(argv: list[str] | None = None) -> dict:
         betas=args.adam_betas or betas,
         w_avg_samples=args.w_avg_samples,
         beta_mix=(args.beta_mix,) * 3,
+        mix_steps=args.mix_steps,
         k=k,
         seed=args.seed,
         init=args.init,

@@ -45,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
         "an encoder's prediction: short memories suit a short refinement]",
     )
     p.add_argument(
+        "--mix-steps",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help="the mixing loss on the last N steps only [default: every step, Algorithm 1]; a "
+        "step without it takes under half the time",
+    )
+    p.add_argument(
         "--beta-mix", type=non_negative_float, default=0.2, help="mixing-loss weight per VGG layer"
     )
     p.add_argument(
@@ -93,12 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def positive_int(text: str) -> int:
+    return _whole_number(text, minimum=1)
+
+
+def non_negative_int(text: str) -> int:
+    return _whole_number(text, minimum=0)
+
+
+def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
     return value
 
 

@@ -1,6 +1,8 @@
 """Does a store encoded from the encoder's start train AdvMix as well as the paper's mean start?
 
     python -m studies.init_study --encoder advmix/assets/cfmnist-E.pt --encoder-steps 10,40
+    python -m studies.init_study --encoder advmix/assets/cfmnist-E.pt --encoder-steps 20 \
+        --encoder-mix-steps 5      # the mixing loss on the last 5 of the 20 steps only
 
 Two stores of the same 1024 biased-colour training images (sigma 0.05): Algorithm 1 from the
 mean style for 100 steps, and from the encoder's prediction for each of ``--encoder-steps``.
@@ -25,15 +27,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoder", required=True)
     parser.add_argument("--encoder-steps", default="10", help="comma-separated step counts")
+    parser.add_argument("--encoder-mix-steps", type=int, default=None,
+                        help="the encoder stores' --mix-steps [default: every step]")  # fmt: skip
     parser.add_argument("--mean-steps", type=int, default=100)
     parser.add_argument("--out", type=Path, default=Path("runs/init-study"))
     args = parser.parse_args()
     # the demo's settings, but the paper's start: the demo itself starts from the encoder
     mean = dataclasses.replace(DEMO, encode_steps=args.mean_steps, encoder=None)
     arms = {f"mean-{args.mean_steps}": mean}
+    mixing = () if args.encoder_mix_steps is None else ("--mix-steps", str(args.encoder_mix_steps))
+    suffix = "" if args.encoder_mix_steps is None else f"-mix{args.encoder_mix_steps}"
     for steps in (int(s) for s in args.encoder_steps.split(",")):
-        arms[f"encoder-{steps}"] = dataclasses.replace(DEMO, encode_steps=steps,
-                                                       encoder=args.encoder)  # fmt: skip
+        arms[f"encoder-{steps}{suffix}"] = dataclasses.replace(
+            DEMO, encode_steps=steps, encoder=args.encoder, extra_encode_flags=mixing
+        )
     summary = {}
     for name, cfg in arms.items():
         cfg = dataclasses.replace(cfg, methods=("advmix",), seeds=(0, 1, 2),

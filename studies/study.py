@@ -60,6 +60,7 @@ class StudyConfig:
     encoder: str | None = None  # Algorithm 1 starts from this encoder's prediction (else the mean)
     device: str = "cpu"  # where the encode job and training run
     extra_train_flags: tuple[str, ...] = field(default_factory=tuple)
+    extra_encode_flags: tuple[str, ...] = field(default_factory=tuple)  # pipeline.encode options
     # Also train RandMix until it has spent each seed's AdvMix seconds (randmix-long).
     equal_compute: bool = False
 
@@ -104,7 +105,8 @@ def encode(cfg: StudyConfig, sigma: float, store: Path) -> Path:
     counts = encode_job(
         ["--input", spec, "--output", str(store), "--generator", cfg.generator,
          "--steps", str(cfg.encode_steps), "--batch-size", str(cfg.encode_batch),
-         "--shard-size", str(4 * cfg.encode_batch), "--device", cfg.device, "--overwrite", *init]
+         "--shard-size", str(4 * cfg.encode_batch), "--device", cfg.device, "--overwrite", *init,
+         *cfg.extra_encode_flags]
     )  # fmt: skip
     say(f"encoded {counts['encoded']} images in {time.perf_counter() - started:.0f}s, "
         f"mean PSNR {counts['mean_rec_psnr']} dB")  # fmt: skip

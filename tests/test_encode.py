@@ -60,6 +60,7 @@ def test_in_memory_run_writes_a_complete_store(nets, reference):
     assert store.manifest.provenance.dataset == SPEC
     assert store.manifest.provenance.encoder["steps"] == 3
     assert "betas" not in store.manifest.provenance.encoder  # the paper's Adam, as ever
+    assert "mix_steps" not in store.manifest.provenance.encoder  # the mixing loss every step
     shards = [store.read_shard(s) for s in range(3)]
     w = np.concatenate([s.w for s in shards])
     assert w.shape == (40, G.num_ws, 32) and np.isfinite(w).all()
@@ -256,6 +257,7 @@ def test_cli_prints_counts(nets, tmp_path):
     [
         (None, 2, "the following arguments are required"),
         (["--steps", "0"], 2, "must be >= 1"),
+        (["--mix-steps", "-1"], 2, "must be >= 0"),
         (["--generator", "/nonexistent/G.pt"], 1, "Error:"),
         (["--input", "cfmnist:nope"], 1, "unknown split"),
         (["--features", "/nonexistent/F.pt"], 1, "cannot read perceptual weights"),
@@ -317,6 +319,7 @@ def test_encoder_init_is_recorded_and_never_mixes_with_another(nets, encoders, t
     # the warm start's optimiser is part of the store's recipe (a mean-init store, the paper's
     # Adam, records none, as stores did before the setting existed)
     assert (recorded["lr"], recorded["betas"]) == (0.05, [0.5, 0.9])
+    assert "mix_steps" not in recorded  # not asked for: Algorithm 1's mixing loss every step
     assert recorded["encoder_fingerprint"] == encoder_fingerprint(load_encoder(encoders[0])[0])
     # an unfinished store started with one encoder refuses another, before any work
     import shutil

@@ -44,6 +44,24 @@ def test_each_image_is_independent_of_its_batch(nets):
     assert not torch.allclose(other_seed.ws[0], together.ws[2])  # the mixing noise matters
 
 
+def test_mix_steps_put_the_mixing_loss_on_the_last_steps_only(nets):
+    G, features = nets
+    targets = _targets(G, n=2)
+
+    def fit(mix_steps, seeds):
+        cfg = InversionConfig(steps=4, lr=0.05, w_avg_samples=64, mix_steps=mix_steps)
+        return invert(G, features, targets, cfg, seeds=seeds).ws
+
+    # no mixing loss: its random fine styles cannot move the walk
+    torch.testing.assert_close(fit(0, [1, 2]), fit(0, [7, 8]))
+    # on the last step only: they do
+    assert not torch.allclose(fit(1, [1, 2]), fit(1, [7, 8]))
+    # at least as many as the steps: every step, Algorithm 1
+    torch.testing.assert_close(fit(4, [1, 2]), fit(None, [1, 2]))
+    assert InversionConfig(steps=4, mix_steps=1).to_dict()["mix_steps"] == 1
+    assert "mix_steps" not in InversionConfig(steps=4).to_dict()  # as stores written before
+
+
 def test_starts_from_the_mean_latent(nets):
     G, features = nets
     result = invert(G, features, _targets(G, n=2), InversionConfig(steps=0, w_avg_samples=64))
