@@ -9,6 +9,7 @@ Needs the full Fashion-MNIST:
 
     python -m benchmarks.init_curve --encoder advmix/assets/cfmnist-E.pt --out curve.json
     python -m benchmarks.init_curve --images 128 --offset 5000 --steps 0,2,5,10 --out c.json
+    python -m benchmarks.init_curve --inits encoder --steps 20 --mix-steps 5 --out c.json
 """
 
 from __future__ import annotations
@@ -40,11 +41,15 @@ STEPS = (0, 2, 5, 10, 20, 40, 100)
 
 def measure_point(G, features, classifier, encoder, images, labels, steps: int, batch: int,
                   encoder_lr: float = WARM_START_LR,
-                  encoder_betas: tuple[float, float] = WARM_START_BETAS):  # fmt: skip
-    """Quality and images/s of one (init, steps) point over all ``images``."""
+                  encoder_betas: tuple[float, float] = WARM_START_BETAS,
+                  mix_steps: int | None = None):  # fmt: skip
+    """Quality and images/s of one (init, steps) point over all ``images``; ``mix_steps``:
+    the encoder start's mixing loss on the last steps only (the mean start keeps it on all)."""
     init = "encoder" if encoder else "mean"
     lr, betas = (encoder_lr, encoder_betas) if encoder is not None else START_ADAM["mean"]
-    cfg = InversionConfig(steps=steps, k=G.cfg.k, init=init, lr=lr, betas=betas)
+    mix_steps = mix_steps if encoder is not None else None
+    cfg = InversionConfig(steps=steps, k=G.cfg.k, init=init, lr=lr, betas=betas,
+                          mix_steps=mix_steps)  # fmt: skip
     mean = mean_style(G, cfg.w_avg_samples, cfg.seed)
     ws, psnr = [], []
     started = time.perf_counter()
@@ -62,6 +67,7 @@ def measure_point(G, features, classifier, encoder, images, labels, steps: int, 
         mixes = decode(G, G.mix(ws, G.mapping(seeded_z(len(ws), G.z_dim, 0)), G.cfg.k))
     return {
         "steps": steps,
+        **({"mix_steps": mix_steps} if mix_steps is not None else {}),
         "psnr_db": round(float(torch.cat(psnr).mean()), 2),
         "class_kept_reconstruction": round(
             float((predict(classifier, recon) == labels).float().mean()), 4
@@ -75,7 +81,8 @@ def measure_point(G, features, classifier, encoder, images, labels, steps: int, 
 
 def run(encoder_path: str, num_images: int = 512, batch: int = 64, steps=STEPS,
         inits=("mean", "encoder"), encoder_lr: float = WARM_START_LR, offset: int = 0,
-        encoder_betas: tuple[float, float] = WARM_START_BETAS) -> dict:  # fmt: skip
+        encoder_betas: tuple[float, float] = WARM_START_BETAS,
+        mix_steps: int | None = None) -> dict:  # fmt: skip
     torch.manual_seed(0)
     G = load_generator(shipped.GENERATOR)
     features = load_features("cfmnist")
@@ -99,7 +106,7 @@ def run(encoder_path: str, num_images: int = 512, batch: int = 64, steps=STEPS,
         out[name] = []
         for n in steps:
             point = measure_point(G, features, classifier, enc, images, labels, n, batch,
-                                  encoder_lr, encoder_betas)  # fmt: skip
+                                  encoder_lr, encoder_betas, mix_steps)  # fmt: skip
             print(json.dumps({"init": name, **point}), flush=True)
             out[name].append(point)
     return out
@@ -114,12 +121,15 @@ def main() -> None:
     parser.add_argument("--inits", default="mean,encoder")
     parser.add_argument("--encoder-lr", type=float, default=WARM_START_LR)
     parser.add_argument("--encoder-betas", default=",".join(map(str, WARM_START_BETAS)))
+    parser.add_argument("--mix-steps", type=int, default=None,
+                        help="from the encoder: the mixing loss on the last N steps only")  # fmt: skip
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     steps = tuple(int(s) for s in args.steps.split(","))
     result = run(args.encoder, args.images, steps=steps, inits=args.inits.split(","),
                  encoder_lr=args.encoder_lr, offset=args.offset,
-                 encoder_betas=tuple(float(b) for b in args.encoder_betas.split(",")))  # fmt: skip
+                 encoder_betas=tuple(float(b) for b in args.encoder_betas.split(",")),
+                 mix_steps=args.mix_steps)  # fmt: skip
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=2)
 
