@@ -20,7 +20,24 @@ from pathlib import Path
 
 import numpy as np
 
-from studies.study import DEMO, SPLITS, Timings, run_study, say
+from studies.study import DEMO, SPLITS, StudyConfig, Timings, run_study, say
+
+
+def plan_arms(encoder: str, encoder_steps: list[int], mix_steps: int | None,
+              mean_steps: int) -> dict[str, StudyConfig]:  # fmt: skip
+    """One study per store: the demo's images and training, AdvMix alone, seeds 0-2."""
+    # the demo's settings, but the paper's start: the demo itself starts from the encoder
+    arms = {f"mean-{mean_steps}": dataclasses.replace(DEMO, encode_steps=mean_steps, encoder=None)}
+    mixing = () if mix_steps is None else ("--mix-steps", str(mix_steps))
+    suffix = "" if mix_steps is None else f"-mix{mix_steps}"
+    for steps in encoder_steps:
+        arms[f"encoder-{steps}{suffix}"] = dataclasses.replace(
+            DEMO, encode_steps=steps, encoder=encoder, extra_encode_flags=mixing
+        )
+    # AdvMix alone: no RandMix runs to give AdvMix's seconds to, as the demo does
+    return {name: dataclasses.replace(cfg, methods=("advmix",), seeds=(0, 1, 2),
+                                      equal_compute=False, extra_train_flags=("--no-progress",))
+            for name, cfg in arms.items()}  # fmt: skip
 
 
 def main() -> None:
@@ -32,20 +49,10 @@ def main() -> None:
     parser.add_argument("--mean-steps", type=int, default=100)
     parser.add_argument("--out", type=Path, default=Path("runs/init-study"))
     args = parser.parse_args()
-    # the demo's settings, but the paper's start: the demo itself starts from the encoder
-    mean = dataclasses.replace(DEMO, encode_steps=args.mean_steps, encoder=None)
-    arms = {f"mean-{args.mean_steps}": mean}
-    mixing = () if args.encoder_mix_steps is None else ("--mix-steps", str(args.encoder_mix_steps))
-    suffix = "" if args.encoder_mix_steps is None else f"-mix{args.encoder_mix_steps}"
-    for steps in (int(s) for s in args.encoder_steps.split(",")):
-        arms[f"encoder-{steps}{suffix}"] = dataclasses.replace(
-            DEMO, encode_steps=steps, encoder=args.encoder, extra_encode_flags=mixing
-        )
+    arms = plan_arms(args.encoder, [int(s) for s in args.encoder_steps.split(",")],
+                     args.encoder_mix_steps, args.mean_steps)  # fmt: skip
     summary = {}
     for name, cfg in arms.items():
-        # AdvMix alone: no RandMix runs to give AdvMix's seconds to, as the demo does
-        cfg = dataclasses.replace(cfg, methods=("advmix",), seeds=(0, 1, 2), equal_compute=False,
-                                  extra_train_flags=("--no-progress",))  # fmt: skip
         out = args.out / name
         results = run_study(cfg, out)
         encode_s = Timings(out / "timings.json").seconds["encode sigma-0.05"]

@@ -113,3 +113,17 @@ def test_results_page_states_both_ceilings():
     gap = oracle_gap(rows, reference=1.0)
     text = gap_text(gap, {"nominal": "nominal", "oracle": "oracle", "advmix": "AdvMix"})
     assert "| AdvMix | 0.600 | 80% | 50% |" in text and "scores\n1.000 on `random`" in text
+
+
+def test_init_study_trains_advmix_alone_from_each_store():
+    from studies.init_study import plan_arms
+
+    arms = plan_arms("E.pt", [20], 5, 100)
+    assert list(arms) == ["mean-100", "encoder-20-mix5"]
+    for cfg in arms.values():  # no RandMix runs, so none to give AdvMix's seconds to
+        assert cfg.methods == ("advmix",) and not cfg.equal_compute and cfg.seeds == (0, 1, 2)
+    assert (arms["mean-100"].encoder, arms["mean-100"].encode_steps) == (None, 100)
+    assert arms["mean-100"].extra_encode_flags == ()
+    cheap = arms["encoder-20-mix5"]
+    assert (cheap.encoder, cheap.encode_steps) == ("E.pt", 20)
+    assert cheap.extra_encode_flags == ("--mix-steps", "5")
