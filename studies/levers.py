@@ -10,7 +10,11 @@ AdvMix is trained again with one lever changed (``LEVERS``):
 - Algorithm 2 as the paper gives it: the nominal image and the worst-case mix (``--train-on
   both``);
 - the worst-case and random mixes without the nominal image, whose colour is the shortcut
-  (``--train-on mixes+random``).
+  (``--train-on mixes+random``);
+- a store encoded further at about the same cost: 20 steps from the encoder, the mixing loss
+  on the last 5 (``--mix-steps 5``), where the study's store has 10 steps with it on each.
+
+``--levers SLUG,...`` runs only those levers beside the study's own AdvMix.
 
 The unchanged AdvMix and the nominal runs are the scaling study's own (reused from ``--out``,
 trained when missing). Every AdvMix classifier is attacked once more with its own training budget
@@ -38,6 +42,7 @@ class Lever:
     name: str  # label in the table
     slug: str  # folder of its runs under OUT/levers/ ("" : the scaling study's own runs)
     encode_steps: int = 10
+    encode_flags: tuple[str, ...] = ()  # other encode-job options for its store
     attack_flags: tuple[str, ...] = ()  # AdvMix options, for training and the mix report alike
     train_flags: tuple[str, ...] = ()  # other training options
 
@@ -54,15 +59,21 @@ LEVERS = (
         "mixes-random",
         train_flags=("--train-on", "mixes+random"),
     ),  # fmt: skip
+    Lever(
+        "store: 20 encoder steps, mixing loss on the last 5",
+        "store-20-mix5",
+        encode_steps=20,
+        encode_flags=("--mix-steps", "5"),
+    ),  # fmt: skip
 )
 IMAGES, EPOCHS = 1024, 10  # the scaling study's smallest point: every lever costs minutes there
 SWING_SCORES = 6  # the last scores of a run whose changes measure its swing
 
 
 def run_levers(cfg: scaling.ScalingConfig, out: Path, images: int = IMAGES,
-               epochs: int = EPOCHS) -> list[dict]:  # fmt: skip
+               epochs: int = EPOCHS, levers: tuple[Lever, ...] = LEVERS) -> list[dict]:  # fmt: skip
     """One row per lever: accuracies, share of the gap closed, and the mix report, each as
-    (mean, std) over seeds."""
+    (mean, std) over seeds. The first lever is the one the others are read against."""
     size = cfg.at_size(images, epochs)
     study_timings = Timings(out / "timings.json")  # the study's own runs, trained when missing
     ceiling = reference_accuracy(out, "random", cfg.sigma)
@@ -71,15 +82,16 @@ def run_levers(cfg: scaling.ScalingConfig, out: Path, images: int = IMAGES,
     nominal = {seed: scaling.one_run(size, "nominal", study_store, seed, runs, study_timings)
                for seed in cfg.base.seeds}  # fmt: skip
     rows = []
-    for lever in LEVERS:
+    for lever in levers:
         lever_cfg = dataclasses.replace(
-            size, encode_steps=lever.encode_steps,
+            size, encode_steps=lever.encode_steps, extra_encode_flags=lever.encode_flags,
             extra_train_flags=(*size.extra_train_flags, *lever.attack_flags, *lever.train_flags),
         )  # fmt: skip
         store = study_store
-        if lever.encode_steps != size.encode_steps:
+        if lever.encode_steps != size.encode_steps or lever.encode_flags:
+            suffix = "".join(lever.encode_flags).replace("--", "-")
             store = encode(lever_cfg, cfg.sigma, study_store.with_name(
-                f"{study_store.name}-steps{lever.encode_steps}"))  # fmt: skip
+                f"{study_store.name}-steps{lever.encode_steps}{suffix}"))  # fmt: skip
         lever_runs, timings = runs, study_timings
         if lever.slug:  # its seconds kept apart: the study's page sums its own
             lever_runs = out / "levers" / lever.slug
@@ -155,10 +167,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/scaling"),
                         help="the scaling study's folder (its 1024-image runs are reused)")  # fmt: skip
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    slugs = [lever.slug for lever in LEVERS[1:]]
+    parser.add_argument("--levers", default=",".join(slugs),
+                        help=f"comma-separated subset of {', '.join(slugs)}")  # fmt: skip
     args = parser.parse_args()
+    chosen = args.levers.split(",")
+    if unknown := sorted(set(chosen) - set(slugs)):
+        parser.error(f"unknown lever(s): {', '.join(unknown)} (known: {', '.join(slugs)})")
+    levers = (LEVERS[0], *(lever for lever in LEVERS[1:] if lever.slug in chosen))
     cfg = scaling.CPU
     base = dataclasses.replace(cfg.base, device=args.device, extra_train_flags=("--no-progress",))
-    text = table(run_levers(dataclasses.replace(cfg, base=base), args.out))
+    text = table(run_levers(dataclasses.replace(cfg, base=base), args.out, levers=levers))
     say("levers at 1024 images, sigma 0.02, 10 epochs, seeds 0-2:\n" + text)
 
 

@@ -214,6 +214,11 @@ def test_each_lever_trains_advmix_once_more_and_measures_its_label_noise(scaled,
               for lever in LEVERS[1:]}  # fmt: skip
     assert config["algorithm-2"]["train_on"] == "both"
     assert config["mixes-random"]["train_on"] == "mixes+random"
+    from schemas.reader import open_store
+
+    further = next(r for r in rows if r["lever"].startswith("store:"))  # its own store
+    recipe = open_store(further["store"]).encoder
+    assert (recipe["steps"], recipe["mix_steps"]) == (20, 5)
     assert all(r["train_s"][0] > 0 for r in rows)
     assert all(0 <= r["swing"][0] <= 1 for r in rows)  # scores every 2 steps: several per run
     assert all(0 <= r["fooled"][0] <= 1 and 0 <= r["kept"][0] <= 1 for r in rows)
