@@ -3,7 +3,7 @@
     python -m studies.irm --preset small            # every method on 6,000 images (hours on 2 cores)
     python -m studies.irm --preset small-biased-gan # RandMix, AdvMix, generator tuned on irmcf:train
     python -m studies.irm --preset baselines        # ERM, grey, IRMv1 on all 54,000 images
-    python -m studies.irm --preset cpu              # every method on all 54,000 images
+    python -m studies.irm --preset cpu              # every method on all 54,000 images (a day)
     python -m studies.irm --preset gpu --device cuda  # a StyleGAN2 trained from scratch first
     python -m studies.irm --page-only               # docs/ rewritten from docs/records/irm
 
@@ -97,6 +97,8 @@ PRESETS = {
     "baselines": IRMStudyConfig(
         "baselines", methods=("ERM", "ERM-grayscale", "IRMv1"), encode_steps=1
     ),  # fmt: skip
+    # Not a few hours: at the small preset's rates (one AdvMix-mixes seed, 4 epochs of 6,000
+    # images, ~19 min on shared cores) its ten AdvMix runs alone take 9-14 hours on 2 cores.
     "cpu": IRMStudyConfig(
         "cpu",
         methods=WITH_MIXES_ONLY,
