@@ -126,7 +126,8 @@ def equal_quality(num_images: int = 64, mean_steps: int = 100, encoder_steps: in
             start = encoder(images) if name == "encoder" else mean_style(G, 1000, 0)
         result = invert(G, features, images, cfg, seeds=range(num_images), w_start=start)
         seconds = time.perf_counter() - started
-        out[name] = {"steps": steps, "mix_steps": mix_steps, "images_per_s": round(num_images / seconds, 2),
+        out[name] = {"steps": steps, "mix_steps": mix_steps,
+                     "images_per_s": round(num_images / seconds, 2),
                      "psnr_db": round(float(result.rec_psnr.mean()), 2)}  # fmt: skip
     out["encoder_vs_mean_images_per_s"] = round(
         out["encoder"]["images_per_s"] / out["mean"]["images_per_s"], 2

@@ -88,10 +88,9 @@ def run_levers(cfg: scaling.ScalingConfig, out: Path, images: int = IMAGES,
             extra_train_flags=(*size.extra_train_flags, *lever.attack_flags, *lever.train_flags),
         )  # fmt: skip
         store = study_store
-        if lever.encode_steps != size.encode_steps or lever.encode_flags:
-            suffix = "".join(lever.encode_flags).replace("--", "-")
-            store = encode(lever_cfg, cfg.sigma, study_store.with_name(
-                f"{study_store.name}-steps{lever.encode_steps}{suffix}"))  # fmt: skip
+        if lever.encode_steps != size.encode_steps or lever.encode_flags:  # a store of its own
+            store = encode(lever_cfg, cfg.sigma,
+                           study_store.with_name(f"{study_store.name}-{lever.slug}"))  # fmt: skip
         lever_runs, timings = runs, study_timings
         if lever.slug:  # its seconds kept apart: the study's page sums its own
             lever_runs = out / "levers" / lever.slug
