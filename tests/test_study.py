@@ -41,9 +41,9 @@ def test_randmix_gets_at_least_advmix_seconds(study):
     cfg, out, results = study
     rows = {r["method"]: r for r in results}
     assert rows["randmix-long"]["epochs"] > rows["randmix"]["epochs"] == cfg.epochs
-    # whole epochs, predicted from RandMix's own epoch time: never fewer than AdvMix needed
-    per_epoch = rows["randmix"]["train_s"] / rows["randmix"]["epochs"]
-    assert rows["randmix-long"]["epochs"] * per_epoch >= rows["advmix"]["train_s"]
+    # the seconds it actually spent, not a prediction from RandMix's first epochs: the study
+    # extends the run when the machine's load makes epochs faster than predicted
+    assert rows["randmix-long"]["train_s"] >= rows["advmix"]["train_s"]
     assert len(list((out / "run" / "stores").iterdir())) == 1
     assert json.loads((out / "run" / "results.json").read_text()) == results
 
