@@ -1,9 +1,10 @@
 """IRM's Colored Fashion-MNIST benchmark: ERM, ERM on grey images, IRMv1, RandMix and AdvMix.
 
-    python -m studies.irm --preset small            # every method on 6,000 images (hours on 2 cores)
+    python -m studies.irm                           # preset small, the CPU preset: every method
+                                                    # on 6,000 images (hours on 2 cores)
     python -m studies.irm --preset small-biased-gan # RandMix, AdvMix, generator tuned on irmcf:train
     python -m studies.irm --preset baselines        # ERM, grey, IRMv1 on all 54,000 images
-    python -m studies.irm --preset cpu              # every method on all 54,000 images (a day)
+    python -m studies.irm --preset all-data-cpu     # every method on all 54,000 images (a day)
     python -m studies.irm --preset gpu --device cuda  # a StyleGAN2 trained from scratch first
     python -m studies.irm --page-only               # docs/ rewritten from docs/records/irm
 
@@ -99,8 +100,8 @@ PRESETS = {
     ),  # fmt: skip
     # Not a few hours: at the small preset's rates (one AdvMix-mixes seed, 4 epochs of 6,000
     # images, ~19 min on shared cores) its ten AdvMix runs alone take 9-14 hours on 2 cores.
-    "cpu": IRMStudyConfig(
-        "cpu",
+    "all-data-cpu": IRMStudyConfig(
+        "all-data-cpu",
         methods=WITH_MIXES_ONLY,
         gan_iterations=3000,
         gan_init=str(shipped.GENERATOR),

@@ -144,7 +144,7 @@ def page(results: dict, config: dict, records: Path, others: dict | None = None)
         *([f"- {', '.join(few)}: fewer than 5 seeds."] if (few := [m for m, r in rows.items()
                                                               if r["seeds"] < 5]) else []),  # fmt: skip
         *[f"- Preset `{name}` ({what}): no records yet." for name, what in
-          (("cpu", "every method on all 54,000 training images"),
+          (("all-data-cpu", "every method on all 54,000 training images, on 2 CPU cores"),
            ("gpu", "a generator trained from scratch, every image"))
           if name != preset and not (records.parent / name).is_dir()],  # fmt: skip
         *([] if config.get("gan_iterations") else [
