@@ -314,7 +314,7 @@ def other_pages(page: Path) -> str:
 
 # Where each scaling preset's page goes by default (full and cpu share the main page).
 SCALING_PAGES = {"cpu": "RESULTS.md", "full": "RESULTS.md", "all-data": "results-60k.md",
-                 "cpu-16k": "results-16k.md"}  # fmt: skip
+                 "cpu-16k": "results-16k.md", "cpu-16k-4ep": "results-16k-4ep.md"}  # fmt: skip
 # --study NAME: (its presets, their default pages under docs/, the function that writes one)
 STUDIES = {
     "scaling": (SCALING_PAGES, scaling_page),
@@ -330,7 +330,8 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--preset", choices=tuple(scaling.PRESETS),
                         help="default: full on cuda, else cpu; all-data: the scaling study's 60k "
-                        "images alone; cpu-16k: the cpu preset's 16k images alone")  # fmt: skip
+                        "images alone; cpu-16k: the cpu preset's 16k images alone; cpu-16k-4ep: those for "
+                        "4 epochs")  # fmt: skip
     parser.add_argument("--page-only", action="store_true",
                         help="write the scaling page from the runs under --out that finished; "
                         "start nothing")  # fmt: skip
