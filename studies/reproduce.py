@@ -130,7 +130,7 @@ def scaling_page(args, preset: str) -> str:
                              f"{largest} images: no page to write from it")  # fmt: skip
         device, where = recorded_machine(results)
     else:
-        results, missing = scaling.run_scaling(cfg, args.out), []
+        results, missing = scaling.run_scaling(cfg, args.out, args.workers), []
         device, where = args.device, machine()
     wall_min = (time.perf_counter() - started) / 60
     ceiling = {s: reference_accuracy(args.out, s, cfg.sigma) for s in ("random", "swapped")}
@@ -332,6 +332,9 @@ def main() -> None:
                         help="default: full on cuda, else cpu; all-data: the scaling study's 60k "
                         "images alone; cpu-16k: the cpu preset's 16k images alone; cpu-16k-4ep: those for "
                         "4 epochs")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=1,
+                        help="scaling study: training runs at once, each in its own process with "
+                        "an equal share of the cores [default: 1]")  # fmt: skip
     parser.add_argument("--page-only", action="store_true",
                         help="write the scaling page from the runs under --out that finished; "
                         "start nothing")  # fmt: skip

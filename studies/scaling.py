@@ -18,9 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
+import os
 import time
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import torch
 
 from advmix import shipped
 from cli.main import main as advmix_cli
@@ -102,8 +107,9 @@ PRESETS = {"cpu": CPU, "full": FULL, "all-data": ALL_DATA, "cpu-16k": CPU_16K,
            "cpu-16k-4ep": CPU_16K_4EP}  # fmt: skip
 
 
-def run_scaling(cfg: ScalingConfig, out: Path) -> list[dict]:
-    """Encode every size's store, train and evaluate every arm; one row per run."""
+def run_scaling(cfg: ScalingConfig, out: Path, workers: int = 1) -> list[dict]:
+    """Encode every size's store, train and evaluate every arm; one row per run. ``workers``:
+    training runs at once, each in its own process with its share of the cores."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "scaling-config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     timings = Timings(out / "timings.json")
@@ -115,25 +121,87 @@ def run_scaling(cfg: ScalingConfig, out: Path) -> list[dict]:
         timings.record(f"encode sigma-{cfg.sigma:g} n{images}", time.perf_counter() - started)
         store_report(store, cfg.base.generator, out / "stores" / f"{store.name}-report.json")
     results = []
-    for images, epochs in cfg.sizes:
-        size_cfg = cfg.at_size(images, epochs)
-        runs = out / "runs" / f"n{images}"
-        for method in cfg.base.methods:
-            for seed in cfg.base.seeds:
-                results.append(one_run(size_cfg, method, stores[images], seed, runs, timings))
-        for seed in cfg.base.seeds:
-            mix_report(stores[images], size_cfg, runs / f"advmix-seed{seed}")
-        if images not in cfg.equal_compute:
-            continue
-        for seed in cfg.base.seeds:
-            long_epochs = equal_compute_epochs(
-                runs / f"advmix-seed{seed}", runs / f"randmix-seed{seed}", epochs
-            )
-            long_cfg = dataclasses.replace(size_cfg, epochs=long_epochs)
-            results.append(one_run(long_cfg, "randmix-long", stores[images], seed, runs, timings,
-                                   train_seconds(runs / f"advmix-seed{seed}")))  # fmt: skip
+    with RunPool(workers, timings) as pool:
+        for images, epochs in cfg.sizes:
+            results += size_runs(cfg, images, epochs, stores[images], out / "runs", pool)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def size_runs(cfg: ScalingConfig, images: int, epochs: int, store: Path, out_runs: Path,
+              pool: RunPool) -> list[dict]:  # fmt: skip
+    """Every arm and seed at one store size, then RandMix at each seed's AdvMix seconds (it
+    starts as soon as that seed's AdvMix and RandMix runs have finished); rows in plan order."""
+    size_cfg = cfg.at_size(images, epochs)
+    runs = out_runs / f"n{images}"
+    plan = [(method, seed) for method in cfg.base.methods for seed in cfg.base.seeds]
+    # The slowest arm first, so that parallel workers do not end with it alone.
+    for method, seed in sorted(plan, key=lambda job: job[0] != "advmix"):
+        pool.submit((method, seed), size_cfg, method, store, seed, runs)
+    rows = {}
+    waiting = set(cfg.base.seeds) if images in cfg.equal_compute else set()
+    while (done := pool.next_done()) is not None:
+        rows[done[0]] = done[1]
+        for seed in sorted(s for s in waiting if {("advmix", s), ("randmix", s)} <= rows.keys()):
+            waiting.discard(seed)
+            long_epochs = equal_compute_epochs(runs / f"advmix-seed{seed}",
+                                               runs / f"randmix-seed{seed}", epochs)  # fmt: skip
+            pool.submit(("randmix-long", seed), dataclasses.replace(size_cfg, epochs=long_epochs),
+                        "randmix-long", store, seed, runs,
+                        train_seconds(runs / f"advmix-seed{seed}"))  # fmt: skip
+    for seed in cfg.base.seeds:
+        mix_report(store, size_cfg, runs / f"advmix-seed{seed}")
+    longs = [("randmix-long", s) for s in cfg.base.seeds if images in cfg.equal_compute]
+    return [rows[job] for job in (*plan, *longs)]
+
+
+class RunPool:
+    """Where the study's training runs happen: one after another in this process (``workers``
+    1), or in ``workers`` spawned processes at once, each with an equal share of the CPU cores
+    (on 2 cores, two one-thread runs at a time finish sooner than one two-thread run after
+    another). Only this process writes ``timings.json``."""
+
+    def __init__(self, workers: int, timings: Timings):
+        self.timings = timings
+        self.pending: dict[Future, tuple] = {}
+        self.executor = None
+        if workers > 1:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            self.executor = ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=use_threads, initargs=(threads,),
+            )  # fmt: skip
+
+    def __enter__(self) -> RunPool:
+        return self
+
+    def __exit__(self, *failure) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(cancel_futures=True)
+
+    def submit(self, key, cfg: StudyConfig, method: str, store: Path, seed: int, runs: Path,
+               at_least_s: float | None = None) -> None:  # fmt: skip
+        """Start one run (``timed_run``'s arguments); ``key`` names it in ``next_done``."""
+        if self.executor is None:
+            future = Future()
+            future.set_result(timed_run(cfg, method, store, seed, runs, at_least_s))
+        else:
+            future = self.executor.submit(timed_run, cfg, method, store, seed, runs, at_least_s)
+        self.pending[future] = (key, f"{method} n{cfg.train_images} seed-{seed}")
+
+    def next_done(self) -> tuple | None:
+        """(key, row) of a run that has finished, its seconds recorded; None when none is left."""
+        if not self.pending:
+            return None
+        future = next(as_completed(self.pending))
+        key, step = self.pending.pop(future)
+        row, seconds = future.result()
+        self.timings.record(step, seconds)
+        return key, row
+
+
+def use_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
 
 
 def store_report(store: Path, generator: str, path: Path) -> dict:
@@ -168,15 +236,22 @@ def fooled_rate(run_dir: Path) -> float:
 
 def one_run(cfg: StudyConfig, method: str, store: Path, seed: int, runs: Path, timings,
             at_least_s: float | None = None) -> dict:  # fmt: skip
+    row, seconds = timed_run(cfg, method, store, seed, runs, at_least_s)
+    timings.record(f"{method} n{cfg.train_images} seed-{seed}", seconds)
+    return row
+
+
+def timed_run(cfg: StudyConfig, method: str, store: Path, seed: int, runs: Path,
+              at_least_s: float | None = None) -> tuple[dict, float]:  # fmt: skip
+    """Train and evaluate one arm and seed (reusing what exists): its row and the seconds taken."""
     run_dir = runs / f"{method}-seed{seed}"
     started = time.perf_counter()
     model = train(cfg, method, store, seed, run_dir, at_least_s)
     accuracy = evaluate(cfg, model, cfg.sigmas[0], run_dir / "eval.json")
     seconds = time.perf_counter() - started
-    timings.record(f"{method} n{cfg.train_images} seed-{seed}", seconds)
     say(f"{ARMS[method].name:>26} n {cfg.train_images} seed {seed}: "
         + ", ".join(f"{s} {a:.3f}" for s, a in accuracy.items()) + f" ({seconds:.0f}s)")  # fmt: skip
-    return run_row(run_dir, cfg.train_images, method, seed)
+    return run_row(run_dir, cfg.train_images, method, seed), seconds
 
 
 def run_row(run_dir: Path, images: int, method: str, seed: int) -> dict:

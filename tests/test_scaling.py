@@ -29,7 +29,7 @@ def scaled(tmp_path_factory):
     )
     cfg = ScalingConfig(base=base, sizes=((32, 2), (48, 1)), equal_compute=(48,), eval_every=2,
                         eval_limit=40)  # fmt: skip
-    return cfg, out / "run", run_scaling(cfg, out / "run")
+    return cfg, out / "run", run_scaling(cfg, out / "run", workers=2)
 
 
 def test_every_size_has_its_store_and_every_arm(scaled):
@@ -44,7 +44,10 @@ def test_every_size_has_its_store_and_every_arm(scaled):
         record = json.loads((out / "runs" / f"n{row['images']}" /
                              f"{row['method']}-seed0" / "run.json").read_text())  # fmt: skip
         assert record["store"]["num_samples"] == row["images"]
-        assert record["config"]["epochs"] == row["epochs"]
+        # RandMix at AdvMix's seconds may be extended (--resume) past its first sitting's epochs
+        extended = row["method"] == "randmix-long"
+        assert record["config"]["epochs"] == row["epochs"] or extended
+        assert record["config"]["epochs"] <= row["epochs"]
         assert all(0.0 <= row[s] <= 1.0 for s in ("iid", "random", "swapped"))
     report = json.loads((out / "stores" / "sigma-0.02-n48-report.json").read_text())
     assert 0 <= report["class_kept_random_mix"] <= 1
@@ -198,11 +201,13 @@ def test_each_lever_trains_advmix_once_more_and_measures_its_label_noise(scaled,
 
     cfg, out, results = scaled
     shutil.copytree(out, tmp_path / "run")
-    before = json.loads((tmp_path / "run" / "timings.json").read_text())
+    study_run = tmp_path / "run" / "runs" / "n32" / "advmix-seed0"
+    before = {
+        name: (study_run / name).stat().st_mtime_ns for name in ("classifier.pt", "metrics.jsonl")
+    }
     rows = run_levers(cfg, tmp_path / "run", images=32, epochs=2)
-    after = json.loads((tmp_path / "run" / "timings.json").read_text())
-    # the levers' seconds are their own: the study's AdvMix runs were only re-read
-    assert after["advmix n32 seed-0"] - before["advmix n32 seed-0"] < 5
+    # the study's own AdvMix runs were only re-read, not trained again
+    assert {name: (study_run / name).stat().st_mtime_ns for name in before} == before
     lever_seconds = json.loads((tmp_path / "run" / "levers" / "mixes-random" / "timings.json")
                                .read_text())  # fmt: skip
     assert lever_seconds["advmix n32 seed-0"] > 0
