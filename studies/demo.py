@@ -89,6 +89,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("demo-out"))
     parser.add_argument("--fresh", action="store_true", help="delete OUT first")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="training runs at once, each in its own process with an equal share "
+                        "of the cores [default: 2]")  # fmt: skip
     args = parser.parse_args()
     try:  # the demo claims quality: it needs the full dataset, not the tests' subset
         find_root("cfmnist")
@@ -97,7 +100,7 @@ def main() -> None:
     if args.fresh and args.out.exists():
         shutil.rmtree(args.out)
     started = time.perf_counter()
-    results = run_study(DEMO, args.out)
+    results = run_study(DEMO, args.out, args.workers)
     report = write_report(DEMO, args.out, results, time.perf_counter() - started)
     say(f"done in {(time.perf_counter() - started) / 60:.1f} min; report: {report}")
 

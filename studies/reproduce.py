@@ -44,7 +44,16 @@ from studies.report import (
     standing,
     unfinished,
 )
-from studies.study import ARMS, PRESETS, REFERENCE, Timings, reference_accuracy, run_study, say
+from studies.study import (
+    ARMS,
+    PRESETS,
+    REFERENCE,
+    Timings,
+    equal_compute_epochs,
+    reference_accuracy,
+    run_study,
+    say,
+)
 
 
 def machine() -> str:
@@ -261,7 +270,7 @@ def equal_compute_rule(results: list[dict], images: int) -> dict[int, int]:
     """{seed: epochs} the equal-compute rule gives RandMix at ``images`` from the runs' logs."""
     runs = {(r["method"], r["seed"]): r for r in results if r["images"] == images}
     return {
-        seed: scaling.equal_compute_epochs(Path(runs["advmix", seed]["run"]),
+        seed: equal_compute_epochs(Path(runs["advmix", seed]["run"]),
                                            Path(runs["randmix", seed]["run"]),
                                            runs["randmix", seed]["epochs"])
         for method, seed in runs if method == "randmix-long"

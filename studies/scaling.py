@@ -18,25 +18,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing
-import os
 import time
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
 from advmix import shipped
 from cli.main import main as advmix_cli
+from studies.pool import RunPool
 from studies.study import (
     ARMS,
     StudyConfig,
     Timings,
     accuracies,
     encode,
-    equal_compute_epochs,
     evaluate,
+    every_arm,
     metric_records,
     run_epochs,
     say,
@@ -123,85 +119,14 @@ def run_scaling(cfg: ScalingConfig, out: Path, workers: int = 1) -> list[dict]:
     results = []
     with RunPool(workers, timings) as pool:
         for images, epochs in cfg.sizes:
-            results += size_runs(cfg, images, epochs, stores[images], out / "runs", pool)
+            results += every_arm(pool, timed_run, cfg.at_size(images, epochs), stores[images],
+                                 out / "runs" / f"n{images}", images in cfg.equal_compute)  # fmt: skip
+        for images, epochs in cfg.sizes:
+            for seed in cfg.base.seeds:
+                mix_report(stores[images], cfg.at_size(images, epochs),
+                           out / "runs" / f"n{images}" / f"advmix-seed{seed}")  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
-
-
-def size_runs(cfg: ScalingConfig, images: int, epochs: int, store: Path, out_runs: Path,
-              pool: RunPool) -> list[dict]:  # fmt: skip
-    """Every arm and seed at one store size, then RandMix at each seed's AdvMix seconds (it
-    starts as soon as that seed's AdvMix and RandMix runs have finished); rows in plan order."""
-    size_cfg = cfg.at_size(images, epochs)
-    runs = out_runs / f"n{images}"
-    plan = [(method, seed) for method in cfg.base.methods for seed in cfg.base.seeds]
-    # The slowest arm first, so that parallel workers do not end with it alone.
-    for method, seed in sorted(plan, key=lambda job: job[0] != "advmix"):
-        pool.submit((method, seed), size_cfg, method, store, seed, runs)
-    rows = {}
-    waiting = set(cfg.base.seeds) if images in cfg.equal_compute else set()
-    while (done := pool.next_done()) is not None:
-        rows[done[0]] = done[1]
-        for seed in sorted(s for s in waiting if {("advmix", s), ("randmix", s)} <= rows.keys()):
-            waiting.discard(seed)
-            long_epochs = equal_compute_epochs(runs / f"advmix-seed{seed}",
-                                               runs / f"randmix-seed{seed}", epochs)  # fmt: skip
-            pool.submit(("randmix-long", seed), dataclasses.replace(size_cfg, epochs=long_epochs),
-                        "randmix-long", store, seed, runs,
-                        train_seconds(runs / f"advmix-seed{seed}"))  # fmt: skip
-    for seed in cfg.base.seeds:
-        mix_report(store, size_cfg, runs / f"advmix-seed{seed}")
-    longs = [("randmix-long", s) for s in cfg.base.seeds if images in cfg.equal_compute]
-    return [rows[job] for job in (*plan, *longs)]
-
-
-class RunPool:
-    """Where the study's training runs happen: one after another in this process (``workers``
-    1), or in ``workers`` spawned processes at once, each with an equal share of the CPU cores
-    (on 2 cores, two one-thread runs at a time finish sooner than one two-thread run after
-    another). Only this process writes ``timings.json``."""
-
-    def __init__(self, workers: int, timings: Timings):
-        self.timings = timings
-        self.pending: dict[Future, tuple] = {}
-        self.executor = None
-        if workers > 1:
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            self.executor = ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=use_threads, initargs=(threads,),
-            )  # fmt: skip
-
-    def __enter__(self) -> RunPool:
-        return self
-
-    def __exit__(self, *failure) -> None:
-        if self.executor is not None:
-            self.executor.shutdown(cancel_futures=True)
-
-    def submit(self, key, cfg: StudyConfig, method: str, store: Path, seed: int, runs: Path,
-               at_least_s: float | None = None) -> None:  # fmt: skip
-        """Start one run (``timed_run``'s arguments); ``key`` names it in ``next_done``."""
-        if self.executor is None:
-            future = Future()
-            future.set_result(timed_run(cfg, method, store, seed, runs, at_least_s))
-        else:
-            future = self.executor.submit(timed_run, cfg, method, store, seed, runs, at_least_s)
-        self.pending[future] = (key, f"{method} n{cfg.train_images} seed-{seed}")
-
-    def next_done(self) -> tuple | None:
-        """(key, row) of a run that has finished, its seconds recorded; None when none is left."""
-        if not self.pending:
-            return None
-        future = next(as_completed(self.pending))
-        key, step = self.pending.pop(future)
-        row, seconds = future.result()
-        self.timings.record(step, seconds)
-        return key, row
-
-
-def use_threads(threads: int) -> None:
-    torch.set_num_threads(threads)
 
 
 def store_report(store: Path, generator: str, path: Path) -> dict:
@@ -236,14 +161,15 @@ def fooled_rate(run_dir: Path) -> float:
 
 def one_run(cfg: StudyConfig, method: str, store: Path, seed: int, runs: Path, timings,
             at_least_s: float | None = None) -> dict:  # fmt: skip
-    row, seconds = timed_run(cfg, method, store, seed, runs, at_least_s)
-    timings.record(f"{method} n{cfg.train_images} seed-{seed}", seconds)
+    row, seconds, step = timed_run(cfg, method, store, seed, runs, at_least_s)
+    timings.record(step, seconds)
     return row
 
 
 def timed_run(cfg: StudyConfig, method: str, store: Path, seed: int, runs: Path,
-              at_least_s: float | None = None) -> tuple[dict, float]:  # fmt: skip
-    """Train and evaluate one arm and seed (reusing what exists): its row and the seconds taken."""
+              at_least_s: float | None = None) -> tuple[dict, float, str]:  # fmt: skip
+    """Train and evaluate one arm and seed (reusing what exists): its row, the seconds taken and
+    the step they are recorded under (a ``RunPool`` job)."""
     run_dir = runs / f"{method}-seed{seed}"
     started = time.perf_counter()
     model = train(cfg, method, store, seed, run_dir, at_least_s)
@@ -251,7 +177,8 @@ def timed_run(cfg: StudyConfig, method: str, store: Path, seed: int, runs: Path,
     seconds = time.perf_counter() - started
     say(f"{ARMS[method].name:>26} n {cfg.train_images} seed {seed}: "
         + ", ".join(f"{s} {a:.3f}" for s, a in accuracy.items()) + f" ({seconds:.0f}s)")  # fmt: skip
-    return run_row(run_dir, cfg.train_images, method, seed), seconds
+    step = f"{method} n{cfg.train_images} seed-{seed}"
+    return run_row(run_dir, cfg.train_images, method, seed), seconds, step
 
 
 def run_row(run_dir: Path, images: int, method: str, seed: int) -> dict:

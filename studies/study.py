@@ -19,6 +19,7 @@ from pathlib import Path
 
 from advmix import shipped
 from cli.main import main as advmix_cli
+from studies.pool import RunPool
 
 SPLITS = ("iid", "random", "swapped")
 
@@ -217,7 +218,9 @@ class Timings:
         return sum(self.seconds.values())
 
 
-def run_study(cfg: StudyConfig, out: Path) -> list[dict]:
+def run_study(cfg: StudyConfig, out: Path, workers: int = 1) -> list[dict]:
+    """Encode one store per sigma, then train and evaluate every arm and seed on it; one row per
+    run. ``workers``: training runs at once, each in its own process (``studies.pool``)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "study-config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     timings = Timings(out / "timings.json")
@@ -227,33 +230,53 @@ def run_study(cfg: StudyConfig, out: Path) -> list[dict]:
         stores[sigma] = encode(cfg, sigma, out / "stores" / f"sigma-{sigma:g}")
         timings.record(f"encode sigma-{sigma:g}", time.perf_counter() - started)
     results = []
-    for sigma in cfg.sigmas:
-        runs = out / "runs" / f"sigma-{sigma:g}"
-        for method in cfg.methods:
-            for seed in cfg.seeds:
-                results.append(study_run(cfg, method, stores[sigma], sigma, seed, runs, timings))
-        if not cfg.equal_compute:
-            continue
-        for seed in cfg.seeds:
-            epochs = equal_compute_epochs(runs / f"advmix-seed{seed}", runs / f"randmix-seed{seed}",
-                                          cfg.epochs)  # fmt: skip
-            long_cfg = dataclasses.replace(cfg, epochs=epochs)
-            results.append(study_run(long_cfg, "randmix-long", stores[sigma], sigma, seed, runs,
-                                     timings, train_seconds(runs / f"advmix-seed{seed}")))  # fmt: skip
+    with RunPool(workers, timings) as pool:
+        for sigma in cfg.sigmas:
+            results += every_arm(pool, study_run, dataclasses.replace(cfg, sigmas=(sigma,)),
+                                 stores[sigma], out / "runs" / f"sigma-{sigma:g}",
+                                 cfg.equal_compute)  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 
-def study_run(cfg: StudyConfig, method: str, store: Path, sigma: float, seed: int, runs: Path,
-              timings: Timings, at_least_s: float | None = None) -> dict:  # fmt: skip
-    """Train and evaluate one arm and seed: a results row with its epochs and training seconds."""
+def every_arm(pool, job, cfg: StudyConfig, store: Path, runs: Path,
+              equal_compute: bool) -> list[dict]:  # fmt: skip
+    """Every method and seed of ``cfg`` trained on one store by ``job`` (``study_run``'s
+    arguments, run in ``pool``), then, with ``equal_compute``, RandMix until it has spent each
+    seed's AdvMix seconds: started as soon as that seed's AdvMix and RandMix runs have finished.
+    Rows in plan order: methods by seeds, then the long RandMix runs."""
+    plan = [(method, seed) for method in cfg.methods for seed in cfg.seeds]
+    # The slowest arm first, so that parallel workers do not end with it running alone.
+    for method, seed in sorted(plan, key=lambda run: run[0] != "advmix"):
+        pool.submit((method, seed), job, cfg, method, store, seed, runs)
+    waiting = set(cfg.seeds) if equal_compute else set()
+    rows = {}
+    while (done := pool.next_done()) is not None:
+        rows[done[0]] = done[1]
+        for seed in sorted(s for s in waiting if {("advmix", s), ("randmix", s)} <= rows.keys()):
+            waiting.discard(seed)
+            advmix, randmix = runs / f"advmix-seed{seed}", runs / f"randmix-seed{seed}"
+            long_cfg = dataclasses.replace(
+                cfg, epochs=equal_compute_epochs(advmix, randmix, cfg.epochs)
+            )
+            pool.submit(("randmix-long", seed), job, long_cfg, "randmix-long", store, seed, runs,
+                        train_seconds(advmix))  # fmt: skip
+    longs = [("randmix-long", seed) for seed in cfg.seeds if equal_compute]
+    return [rows[run] for run in (*plan, *longs)]
+
+
+def study_run(cfg: StudyConfig, method: str, store: Path, seed: int, runs: Path,
+              at_least_s: float | None = None) -> tuple[dict, float, str]:  # fmt: skip
+    """Train and evaluate one arm and seed at ``cfg``'s one sigma: a results row with its epochs
+    and training seconds, the seconds taken and the step they are recorded under."""
+    sigma = cfg.sigmas[0]
     run_dir = runs / f"{method}-seed{seed}"
     started = time.perf_counter()
     model = train(cfg, method, store, seed, run_dir, at_least_s)
     accuracy = evaluate(cfg, model, sigma, run_dir / "eval.json")
     seconds = time.perf_counter() - started
-    timings.record(f"{method} sigma-{sigma:g} seed-{seed}", seconds)
     say(f"{ARMS[method].name:>22} sigma {sigma:g} seed {seed}: "
         + ", ".join(f"{s} {accuracy[s]:.3f}" for s in SPLITS) + f" ({seconds:.0f}s)")  # fmt: skip
-    return {"sigma": sigma, "method": method, "seed": seed, "epochs": run_epochs(run_dir),
-            "train_s": round(train_seconds(run_dir), 1), **accuracy}  # fmt: skip
+    row = {"sigma": sigma, "method": method, "seed": seed, "epochs": run_epochs(run_dir),
+           "train_s": round(train_seconds(run_dir), 1), **accuracy}  # fmt: skip
+    return row, seconds, f"{method} sigma-{sigma:g} seed-{seed}"

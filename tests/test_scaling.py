@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from studies.scaling import ScalingConfig, curves, equal_compute_epochs, run_scaling
-from studies.study import StudyConfig
+from studies.scaling import ScalingConfig, curves, run_scaling
+from studies.study import StudyConfig, equal_compute_epochs
 from tests.tiny_nets import tiny_generator
 
 NAMES = {"nominal": "nominal", "randmix": "RandMix", "advmix": "AdvMix", "oracle": "oracle",
