@@ -93,6 +93,8 @@ def main() -> None:
                         help="training runs at once, each in its own process with an equal share "
                         "of the cores [default: 2]")  # fmt: skip
     args = parser.parse_args()
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1 (got {args.workers})")
     try:  # the demo claims quality: it needs the full dataset, not the tests' subset
         find_root("cfmnist")
     except DataError as exc:

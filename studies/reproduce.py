@@ -100,7 +100,7 @@ def sigma_page(args, preset: str) -> str:
         PRESETS[preset], device=args.device, extra_train_flags=("--no-progress",)
     )
     started = time.perf_counter()
-    results = run_study(cfg, args.out)
+    results = run_study(cfg, args.out, args.workers)
     wall_min = (time.perf_counter() - started) / 60
     names = {key: method.name for key, method in ARMS.items()}
     plot = args.results.parent / "img" / "accuracy-vs-sigma.png"
@@ -342,13 +342,15 @@ def main() -> None:
                         "images alone; cpu-16k: the cpu preset's 16k images alone; cpu-16k-4ep: those for "
                         "4 epochs")  # fmt: skip
     parser.add_argument("--workers", type=int, default=1,
-                        help="scaling study: training runs at once, each in its own process with "
+                        help="training runs at once, each in its own process with "
                         "an equal share of the cores [default: 1]")  # fmt: skip
     parser.add_argument("--page-only", action="store_true",
                         help="write the scaling page from the runs under --out that finished; "
                         "start nothing")  # fmt: skip
     args = parser.parse_args()
     pages, write = STUDIES[args.study]
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1 (got {args.workers})")
     if args.page_only and args.study != "scaling":
         parser.error("--page-only is for --study scaling")
     preset = args.preset or ("full" if args.device == "cuda" else "cpu")

@@ -127,3 +127,15 @@ def test_init_study_trains_advmix_alone_from_each_store():
     cheap = arms["encoder-20-mix5"]
     assert (cheap.encoder, cheap.encode_steps) == ("E.pt", 20)
     assert cheap.extra_encode_flags == ("--mix-steps", "5")
+
+
+@pytest.mark.parametrize("module", ["studies.demo", "studies.reproduce"])
+def test_workers_below_one_is_a_one_line_error(module, tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", module, "--workers", "0", "--out", str(tmp_path)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].endswith("--workers must be at least 1 (got 0)")
+    assert list(tmp_path.iterdir()) == []  # nothing started
