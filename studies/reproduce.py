@@ -156,11 +156,13 @@ def scaling_page(args, preset: str) -> str:
     start = "the shipped encoder's prediction" if cfg.base.encoder else "the mean style"
     oracle_note = ("The colour-blind oracle gets the same images and epochs as the others. "
                    if "oracle" in cfg.base.methods else "")  # fmt: skip
+    workers = json.loads((args.out / "scaling-config.json").read_text()).get("workers", 1)
+    flag, at_once = (f" --workers {workers}", parallel_note(workers)) if workers > 1 else ("", "")
     return f"""# Results: Colored Fashion-MNIST, {" / ".join(str(n) for n, _ in cfg.sizes)} training images
 
-Produced by `python -m studies.reproduce --device {device} --preset {preset}` (`make
+Produced by `python -m studies.reproduce --device {device} --preset {preset}{flag}` (`make
 reproduce` runs the `cpu` preset) on {where}: {compute_min:.0f} min of summed step times ({wall_min:.0f} min in
-the last sitting). Every number below is the mean ± standard deviation over seeds
+the last sitting).{at_once} Every number below is the mean ± standard deviation over seeds
 {list(cfg.base.seeds)}, and comes from a run directory under `--out`
 (`{args.out}/runs/n<images>/<method>-seed<seed>/`: `run.json` holds the run's command and
 settings, `eval.json` its accuracies, `metrics.jsonl` its scores during training). The sweep
@@ -204,6 +206,12 @@ A lead within the seeds' spread (the larger standard deviation of the two) is ca
 
 {diagnostics_table(results, args.out, cfg.sigma)}
 {levers_section(args.out)}"""
+
+
+def parallel_note(workers: int) -> str:
+    return (f" Its training runs went {workers} at a time, each in its own process with an equal "
+            "share of the cores: their seconds compare with each other, not with a page whose runs "
+            "trained one at a time.")  # fmt: skip
 
 
 def levers_section(out: Path) -> str:

@@ -107,7 +107,9 @@ def run_scaling(cfg: ScalingConfig, out: Path, workers: int = 1) -> list[dict]:
     """Encode every size's store, train and evaluate every arm; one row per run. ``workers``:
     training runs at once, each in its own process with its share of the cores."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "scaling-config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    # The last sitting's worker count goes with the settings: it changes what seconds mean.
+    config = {**asdict(cfg), "workers": workers}
+    (out / "scaling-config.json").write_text(json.dumps(config, indent=2) + "\n")
     timings = Timings(out / "timings.json")
     stores = {}
     for images, epochs in cfg.sizes:  # every store first: the reusable product of stage 1

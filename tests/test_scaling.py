@@ -107,6 +107,14 @@ def test_a_study_stopped_early_still_gets_its_page(scaled, tmp_path):
     assert device == "cpu" and "torch" in words
 
 
+def test_the_settings_record_how_many_runs_trained_at_once(scaled):
+    from studies.reproduce import parallel_note
+
+    cfg, out, results = scaled
+    assert json.loads((out / "scaling-config.json").read_text())["workers"] == 2
+    assert "2 at a time" in parallel_note(2)
+
+
 def test_a_page_without_the_runs_it_needs_is_one_line(tmp_path):
     import subprocess
     import sys
