@@ -279,8 +279,8 @@ def equal_compute_rule(results: list[dict], images: int) -> dict[int, int]:
     runs = {(r["method"], r["seed"]): r for r in results if r["images"] == images}
     return {
         seed: equal_compute_epochs(Path(runs["advmix", seed]["run"]),
-                                           Path(runs["randmix", seed]["run"]),
-                                           runs["randmix", seed]["epochs"])
+                                   Path(runs["randmix", seed]["run"]),
+                                   runs["randmix", seed]["epochs"])
         for method, seed in runs if method == "randmix-long"
         and ("advmix", seed) in runs and ("randmix", seed) in runs
     }  # fmt: skip
