@@ -40,8 +40,8 @@ demo: setup data
 # The data-scaling study behind docs/RESULTS.md (about two hours on 2 CPU cores; DEVICE=cuda
 # where a GPU exists; all 60k images alone: python -m studies.reproduce --device cuda --preset
 # all-data). The colour-bias sweep: python -m studies.reproduce --study sigma.
-# WORKERS: training runs at once (two one-thread runs finish sooner than one two-thread run on
-# 2 cores; on one GPU, 1).
+# WORKERS: training runs at once, one thread each on the CPU (studies/pool.py says what two
+# gain on 2 cores); 1 on a GPU.
 DEVICE ?= cpu
 WORKERS ?= $(if $(filter cpu,$(DEVICE)),2,1)
 reproduce: setup data

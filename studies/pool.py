@@ -1,9 +1,11 @@
 """Where a study's training runs happen: one after another in this process, or several at once.
 
-On 2 CPU cores, two one-thread training runs at a time finish sooner than one two-thread run
-after another: the small networks here keep a second thread only half busy. ``RunPool`` runs a
-job either inline (``workers`` 1, the order jobs are submitted in) or in ``workers`` spawned
-processes, each with an equal share of the cores. Only the parent process records timings, so
+``RunPool`` runs a job either inline (``workers`` 1, in the order jobs are submitted) or in
+``workers`` spawned processes, each with an equal share of the cores. On 2 cores, two one-thread
+runs at a time did an AdvMix epoch's work in about the time one two-thread run did, and the
+cheaper arms (RandMix, nominal, the oracle, evaluation) about 1.3x faster, since the small
+networks leave a second thread idle much of the time (docs/results-16k-4ep.md against
+docs/results-16k.md: two sittings, not one run). Only the parent records timings, so
 ``timings.json`` has one writer.
 """
 
