@@ -20,6 +20,7 @@ from pathlib import Path
 from advmix.datasets import find_root
 from advmix.errors import DataError
 from cli.main import main as advmix_cli
+from studies.pool import add_workers_option, checked_workers
 from studies.report import bar_plot, equal_compute_verdict, markdown_table
 from studies.study import ARMS, DEMO, StudyConfig, run_study, say
 
@@ -90,12 +91,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("demo-out"))
     parser.add_argument("--fresh", action="store_true", help="delete OUT first")
     # One run at a time by default: README's demo table was measured that way.
-    parser.add_argument("--workers", type=int, default=1,
-                        help="training runs at once, each in its own process with an equal share "
-                        "of the cores [default: 1]")  # fmt: skip
+    add_workers_option(parser)
     args = parser.parse_args()
-    if args.workers < 1:
-        parser.error(f"--workers must be at least 1 (got {args.workers})")
+    checked_workers(parser, args.workers)
     try:  # the demo claims quality: it needs the full dataset, not the tests' subset
         find_root("cfmnist")
     except DataError as exc:

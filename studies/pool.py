@@ -11,6 +11,7 @@ docs/results-16k.md: two sittings, not one run). Only the parent records timings
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import os
 from collections.abc import Callable
@@ -63,3 +64,16 @@ class RunPool:
 
 def use_threads(threads: int) -> None:
     torch.set_num_threads(threads)
+
+
+def add_workers_option(parser: argparse.ArgumentParser) -> None:
+    """``--workers N`` (default 1) for a study's command line; ``checked_workers`` validates it."""
+    parser.add_argument("--workers", type=int, default=1,
+                        help="training runs at once, each in its own process with an equal share "
+                        "of the cores [default: 1]")  # fmt: skip
+
+
+def checked_workers(parser: argparse.ArgumentParser, workers: int) -> int:
+    if workers < 1:
+        parser.error(f"--workers must be at least 1 (got {workers})")
+    return workers

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from studies import levers, scaling
+from studies.pool import add_workers_option, checked_workers
 from studies.report import (
     ceiling_gap,
     compute_plot,
@@ -349,16 +350,13 @@ def main() -> None:
                         help="default: full on cuda, else cpu; all-data: the scaling study's 60k "
                         "images alone; cpu-16k: the cpu preset's 16k images alone; cpu-16k-4ep: those for "
                         "4 epochs")  # fmt: skip
-    parser.add_argument("--workers", type=int, default=1,
-                        help="training runs at once, each in its own process with "
-                        "an equal share of the cores [default: 1]")  # fmt: skip
+    add_workers_option(parser)
     parser.add_argument("--page-only", action="store_true",
                         help="write the scaling page from the runs under --out that finished; "
                         "start nothing")  # fmt: skip
     args = parser.parse_args()
     pages, write = STUDIES[args.study]
-    if args.workers < 1:
-        parser.error(f"--workers must be at least 1 (got {args.workers})")
+    checked_workers(parser, args.workers)
     if args.page_only and args.study != "scaling":
         parser.error("--page-only is for --study scaling")
     preset = args.preset or ("full" if args.device == "cuda" else "cpu")
