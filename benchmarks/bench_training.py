@@ -6,6 +6,9 @@ the same warmed-up classifier, with a generator of the shipped one's 32x32 archi
 (random weights) on a synthetic store whose labels depend on the styles; plus ATen operators
 and host syncs per step (``benchmarks/op_count.py``), the cost that matters on a launch-bound
 GPU. Target: <= 3x with early stop. The stream's own figures: ``benchmarks/bench_stream.py``.
+
+``classifier_layout``: the classifier's training step and scoring on the CPU in the memory
+layout it uses there (channels-last) against NCHW.
 """
 
 from __future__ import annotations
@@ -165,8 +168,55 @@ def measure_attack_cost(
     return out
 
 
+def classifier_layout(repeats: int = 5, steps: int = 10) -> dict:
+    """The classifier on the CPU, as ``SmallCNN.features`` runs it (channels-last) against the
+    same layers fed NCHW tensors: seconds of ``steps`` training steps (batch 64, forward,
+    backward, Adam) and of scoring ``steps`` batches of 250, the best of ``repeats``."""
+    import torch
+
+    from advmix.classifiers import SmallCNN
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = SmallCNN()
+    optimizer = torch.optim.Adam(model.parameters())
+    train_x, train_y = torch.rand(64, 3, 32, 32), torch.randint(0, 10, (64,))
+    eval_x = torch.rand(250, 3, 32, 32)
+
+    def nchw(x):
+        return model.head(model.body(model.prepare(x) * 2 - 1))
+
+    def train_s(forward) -> float:
+        model.train()
+        started = time.perf_counter()
+        for _ in range(steps):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(forward(train_x), train_y).backward()
+            optimizer.step()
+        return time.perf_counter() - started
+
+    @torch.no_grad()
+    def eval_s(forward) -> float:
+        model.eval()
+        started = time.perf_counter()
+        for _ in range(steps):
+            forward(eval_x)
+        return time.perf_counter() - started
+
+    best = {key: math.inf for key in ("train_nchw", "train_ours", "eval_nchw", "eval_ours")}
+    for _ in range(repeats):  # interleaved: a slow spell of the machine hits both alike
+        for kind, timed in (("train", train_s), ("eval", eval_s)):
+            for layout, forward in (("nchw", nchw), ("ours", model)):
+                best[f"{kind}_{layout}"] = min(best[f"{kind}_{layout}"], timed(forward))
+    return {
+        **{f"{key}_s": round(secs, 3) for key, secs in best.items()},
+        "train_speedup": round(best["train_nchw"] / best["train_ours"], 2),
+        "eval_speedup": round(best["eval_nchw"] / best["eval_ours"], 2),
+    }
+
+
 def run() -> dict:
-    return {"attack_cost": measure_attack_cost()}
+    return {"attack_cost": measure_attack_cost(), "classifier_layout": classifier_layout()}
 
 
 if __name__ == "__main__":

@@ -378,3 +378,20 @@ def test_run_record_says_when_the_code_differs_from_its_commit(tmp_path):
     (tmp_path / "code.py").write_text("x = 2\n")
     assert git_sha(tmp_path) == sha + "+modified"
     assert git_sha(tmp_path.parent / "no-such-folder") is None
+
+
+def test_the_classifier_scores_and_gradients_do_not_depend_on_its_cpu_memory_layout():
+    """On the CPU SmallCNN runs channels-last for speed; its logits and the input gradients
+    AdvMix ascends must be those of the same layers on NCHW tensors (to float rounding)."""
+    from advmix.classifiers import SmallCNN
+
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes=10, width=8).train()
+    x = torch.rand(16, 3, 32, 32, requires_grad=True)
+    reference_x = x.detach().clone().requires_grad_(True)
+    logits = model(x)
+    reference = model.head(model.body(reference_x * 2 - 1))
+    logits.square().sum().backward()
+    reference.square().sum().backward()
+    assert torch.allclose(logits, reference, atol=1e-5)
+    assert torch.allclose(x.grad, reference_x.grad, atol=1e-5)
