@@ -9,9 +9,10 @@ also at AdvMix's wall-clock, and accuracy against training seconds (``studies.sc
 RandMix, AdvMix, oracle) at three strengths of the colour correlation, 1024 images
 (``studies.study``).
 
-``--device cuda`` picks each study's ``full`` preset, a CPU its ``cpu`` preset (about two hours
-each on 2 cores); ``--preset all-data`` runs the scaling study on all 60k training images alone
-(about ten minutes of one GPU, ``docs/results-60k.md``). Steps that already have outputs under
+``--device cuda`` picks each study's ``full`` preset, a CPU its ``cpu`` preset (on 2 cores,
+about 3.3 hours of wall time for the scaling study with ``--workers 2`` and 1.5 for the
+sweep); ``--preset all-data`` runs the scaling study on all 60k training images alone (about
+ten minutes of one GPU, ``docs/results-60k.md``). Steps that already have outputs under
 ``--out`` are skipped, so a study can be stopped and restarted; the page states the summed step
 times. ``--page-only`` writes the scaling page from the runs that finished and names the
 missing ones (a study cut short by the end of a GPU lease, its run folders copied back).
