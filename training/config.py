@@ -8,6 +8,7 @@ Algorithm 2's settings are ``AdvMixConfig`` (shared with ``advmix evaluate``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from advmix.attacks import AdvMixConfig
@@ -20,6 +21,11 @@ from training.methods import METHODS, TRAIN_ON
 # its worst-case mixes and its random starts (the levers study, docs/training.md: Algorithm 2's
 # nominal + worst-case mix is --train-on both).
 DEFAULT_TRAIN_ON = {"at": "mixes", "randmix": "both", "advmix": "both+random"}
+# --lr-schedule: the factor on --lr at a share p in [0, 1] of the run's steps.
+LR_SCHEDULES = {
+    "constant": lambda p: 1.0,
+    "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * p)),
+}
 
 
 @dataclass
@@ -32,6 +38,11 @@ class TrainConfig:
     epochs: int = setting(10, "Epochs (may grow on --resume).", low=1)
     batch_size: int = setting(64, "Examples per step.", low=1, fixed=True)
     lr: float = setting(1e-3, "Adam learning rate.", low=0, low_open=True, fixed=True)
+    lr_schedule: str = setting(
+        "constant", "Learning rate over the run: constant, or cosine decay from --lr to 0 at the "
+        "end of --epochs (a --resume with more epochs stretches the curve from that step on).",
+        choices=tuple(LR_SCHEDULES), fixed=True,
+    )  # fmt: skip
     weight_decay: float = setting(0.0, "Adam weight decay.", low=0, fixed=True)
     seed: int = setting(0, "Seeds the model, the data order and every draw.", low=0, fixed=True)
     k: int | None = setting(

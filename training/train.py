@@ -32,7 +32,7 @@ from advmix.errors import AdvmixError
 from advmix.projections import fit_style_set
 from advmix.stylegan import resolve_k, to_unit
 from training import runfiles
-from training.config import TrainConfig
+from training.config import LR_SCHEDULES, TrainConfig
 from training.distributed import init_distributed
 from training.methods import METHODS, MethodContext, env_column
 from training.targets import resolve_targets
@@ -192,17 +192,25 @@ class Trainer:
         loss, acc = made.loss(logits), made.accuracy(logits)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        lr = self.cfg.lr * LR_SCHEDULES[self.cfg.lr_schedule](self.run_progress())
+        for group in self.opt.param_groups:
+            group["lr"] = lr
         try:
             self.opt.step()
         except RuntimeError as exc:  # an update too large for float32 (a huge --lr)
             if "overflow" not in str(exc):
                 raise
             self.diverged(loss.item(), "the optimiser's update overflows float32")
-        metrics = {"loss": loss.item(), "acc": acc.item(), **made.info}
+        metrics = {"loss": loss.item(), "acc": acc.item(), "lr": lr, **made.info}
         finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
         if not bool(finite):  # on the weights, which DDP keeps equal: every rank stops here
             self.diverged(metrics["loss"], "the weights are no longer finite")
         return metrics
+
+    def run_progress(self) -> float:
+        """Share of the run's steps done before this one: the schedule's clock, a function of the
+        step alone, so a resumed run takes the same learning rates as an uninterrupted one."""
+        return min(1.0, self.step / (self.cfg.epochs * max(self.stream.num_batches(), 1)))
 
     def diverged(self, loss: float, why: str):
         """Stop with one line, before anything of the diverged run is saved."""
