@@ -128,7 +128,7 @@ def test_run_outputs(nets, straight):
 def test_cosine_schedule_decays_to_zero_and_resumes_on_the_same_curve(nets, straight, tmp_path):
     """--lr-schedule cosine: each step's rate is logged, falls from --lr toward 0 by the end of
     --epochs, and a run stopped mid-epoch then resumed takes the same rates and ends with the
-    same weights as one that ran through; the default keeps --lr throughout."""
+    same weights as one that ran through; it is the default, and constant keeps --lr."""
     args = ["train", "--store", nets["store"], "--generator", nets["G"], "--epochs", "2",
             "--workers", "2", *TRAIN, "--lr-schedule", "cosine"]  # fmt: skip
     through, stopped = tmp_path / "through", tmp_path / "stopped"
@@ -143,11 +143,14 @@ def test_cosine_schedule_decays_to_zero_and_resumes_on_the_same_curve(nets, stra
 
     lr = rates(through)
     assert len(lr) == 12 and lr[0] == pytest.approx(1e-3)
-    assert all(a > b for a, b in zip(lr, lr[1:])) and lr[-1] < 0.02 * lr[0]
+    assert all(a > b for a, b in zip(lr, lr[1:], strict=False)) and lr[-1] < 0.02 * lr[0]
     assert rates(stopped) == lr
     a, b = weights(through / "classifier.pt"), weights(stopped / "classifier.pt")
     assert all(torch.equal(a[name], b[name]) for name in a)
-    assert rates(straight) == [pytest.approx(1e-3)] * 12
+    assert rates(straight) == lr
+    constant = tmp_path / "constant"
+    assert advmix(*args, "--out", str(constant), "--lr-schedule", "constant").returncode == 0
+    assert rates(constant) == [pytest.approx(1e-3)] * 12
 
 
 def test_scores_while_training_are_logged_and_leave_the_weights_alone(nets, straight, tmp_path):

@@ -39,8 +39,9 @@ class TrainConfig:
     batch_size: int = setting(64, "Examples per step.", low=1, fixed=True)
     lr: float = setting(1e-3, "Adam learning rate.", low=0, low_open=True, fixed=True)
     lr_schedule: str = setting(
-        "constant", "Learning rate over the run: constant, or cosine decay from --lr to 0 at the "
-        "end of --epochs (a --resume with more epochs stretches the curve from that step on).",
+        "cosine", "Learning rate over the run: cosine decay from --lr to 0 at the end of "
+        "--epochs (a --resume with more epochs stretches the curve from that step on), or "
+        "constant.",
         choices=tuple(LR_SCHEDULES), fixed=True,
     )  # fmt: skip
     weight_decay: float = setting(0.0, "Adam weight decay.", low=0, fixed=True)
