@@ -65,6 +65,10 @@ class SmallCNN(nn.Module):
     """4 conv layers (w, 2w, 4w, 4w channels, 2x max-pool after the first three), global
     average pool, linear: about 12 M multiply-adds per 32x32 image."""
 
+    # oneDNN's channels-last kernels are faster on the CPU, max-pooling most of all
+    # (bench_training.classifier_layout compares both); GPUs keep NCHW, unmeasured there.
+    cpu_channels_last = True
+
     def __init__(
         self,
         num_classes: int = 10,
@@ -98,9 +102,7 @@ class SmallCNN(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         x = self.prepare(x) * 2 - 1
-        if x.device.type == "cpu":
-            # oneDNN's channels-last kernels are faster here, max-pooling most of all
-            # (bench_training.classifier_layout); GPUs keep NCHW, unmeasured there.
+        if self.cpu_channels_last and x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         return self.body(x)
 

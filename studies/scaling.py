@@ -77,7 +77,8 @@ class ScalingConfig:
 
 # Two CPU cores: 1k/4k/16k images in about five hours of step time (3.3 hours of wall time
 # two runs at a time). On a GPU: up to all 60k training images, more epochs, stores from 40
-# steps (the encoder's start at full quality), equal compute at every size. The GPU encodes in batches of 512: smaller ones leave it waiting on launches.
+# steps (the encoder's start at full quality), equal compute at every size. The GPU encodes in
+# batches of 512: smaller ones leave it waiting on launches.
 CPU = ScalingConfig()
 FULL = ScalingConfig(
     base=dataclasses.replace(BASE, encode_steps=40, encode_batch=512),

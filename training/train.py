@@ -79,6 +79,7 @@ class Trainer:
             self.store, batch_size=cfg.batch_size, seed=cfg.seed, buffer_size=cfg.buffer_size,
             rank=self.dist.rank, world_size=self.dist.world_size, num_workers=cfg.workers,
         )  # fmt: skip
+        self.batches_per_epoch = max(self.stream.num_batches(), 1)  # every epoch the same
         self.targets = resolve_targets(cfg.target, self.store)
         torch.manual_seed(cfg.seed)
         self.model = make_classifier(
@@ -210,7 +211,7 @@ class Trainer:
     def run_progress(self) -> float:
         """Share of the run's steps done before this one: the schedule's clock, a function of the
         step alone, so a resumed run takes the same learning rates as an uninterrupted one."""
-        return min(1.0, self.step / (self.cfg.epochs * max(self.stream.num_batches(), 1)))
+        return min(1.0, self.step / (self.cfg.epochs * self.batches_per_epoch))
 
     def diverged(self, loss: float, why: str):
         """Stop with one line, before anything of the diverged run is saved."""
