@@ -11,6 +11,7 @@ oracle sees the max over the channels), so every caller passes the same images.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from advmix.checkpoints import CheckpointError, atomic_save, safe_load
 
@@ -109,6 +111,17 @@ class SmallCNN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
 
+    def for_inference(self) -> SmallCNN:
+        """A copy in eval mode with each BatchNorm folded into the convolution before it: the
+        same scores up to float rounding, without BatchNorm's pass over every feature map (a
+        fifth of an evaluation's time on the CPU)."""
+        fused = copy.deepcopy(self).eval()
+        for block in fused.body:
+            if isinstance(block, nn.Sequential) and isinstance(block[1], nn.BatchNorm2d):
+                block[0] = fuse_conv_bn_eval(block[0], block[1])
+                block[1] = nn.Identity()
+        return fused
+
 
 class ResNet(nn.Module):
     """torchvision's ResNet-18/50 built here (no hub download), fed RGB images in [0, 1]: resized
@@ -132,6 +145,10 @@ class ResNet(nn.Module):
         if self.cfg.input_mode == "gray-max":
             x = x.amax(dim=1, keepdim=True).expand(-1, 3, -1, -1)
         return self.net((x - self.mean) / self.std)
+
+    def for_inference(self) -> ResNet:
+        """Itself in eval mode: its BatchNorms stay (not measured whether folding them pays)."""
+        return self.eval()
 
     def load_backbone(self, path) -> None:
         """Pretrained torchvision weights from a file (``weights_only``), all but the last

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from advmix.errors import DataError
@@ -156,9 +157,11 @@ def sample_colors(labels: np.ndarray, split: str, sigma: float, seed: int) -> np
 def colorize(gray: np.ndarray, colors: np.ndarray) -> np.ndarray:
     """Pad [N, 28, 28] uint8 to 32x32 and multiply by colours [N, 3] -> [N, 3, 32, 32] uint8."""
     pad = (IMAGE_SIZE - gray.shape[-1]) // 2
-    padded = np.pad(gray, ((0, 0), (pad, pad), (pad, pad))).astype(np.float32)
-    rgb = padded[:, None, :, :] * colors[:, :, None, None]
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    # In torch: the same float32 products and round-half-to-even as numpy, bit for bit, in
+    # place and on every core (numpy's temporaries made this most of loading a test split).
+    padded = torch.from_numpy(np.pad(gray, ((0, 0), (pad, pad), (pad, pad))))
+    rgb = padded[:, None].float() * torch.from_numpy(colors)[:, :, None, None]
+    return rgb.round_().clamp_(0, 255).to(torch.uint8).numpy()
 
 
 def load(spec: DatasetSpec | str, data_root: str | None = None) -> ImageSet:

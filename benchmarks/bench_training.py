@@ -8,7 +8,7 @@ and host syncs per step (``benchmarks/op_count.py``), the cost that matters on a
 GPU. Target: <= 3x with early stop. The stream's own figures: ``benchmarks/bench_stream.py``.
 
 ``classifier_layout``: the classifier's training step and scoring on the CPU in the memory
-layout it uses there (channels-last) against NCHW.
+layout it uses there (channels-last) against NCHW, and scoring with BatchNorm folded.
 """
 
 from __future__ import annotations
@@ -171,7 +171,9 @@ def measure_attack_cost(
 def classifier_layout(repeats: int = 5, steps: int = 10) -> dict:
     """The classifier on the CPU, as ``SmallCNN.features`` runs it (channels-last) against the
     same layers fed NCHW tensors: seconds of ``steps`` training steps (batch 64, forward,
-    backward, Adam) and of scoring ``steps`` batches of 250, the best of ``repeats``."""
+    backward, Adam) and of scoring ``steps`` batches of 250, the best of ``repeats``; and
+    scoring as evaluation does it, BatchNorm folded into the convolutions
+    (``SmallCNN.for_inference``), against the same channels-last model unfolded."""
     import torch
 
     from advmix.classifiers import SmallCNN
@@ -193,23 +195,26 @@ def classifier_layout(repeats: int = 5, steps: int = 10) -> dict:
         return time.perf_counter() - started
 
     @torch.no_grad()
-    def eval_s() -> float:
-        model.eval()
+    def eval_s(folded: bool = False) -> float:
+        net = model.for_inference() if folded else model.eval()
         started = time.perf_counter()
         for _ in range(steps):
-            model(eval_x)
+            net(eval_x)
         return time.perf_counter() - started
 
-    best = {key: math.inf for key in ("train_nchw", "train_ours", "eval_nchw", "eval_ours")}
-    for _ in range(repeats):  # interleaved: a slow spell of the machine hits both alike
+    best = dict.fromkeys(("train_nchw", "train_ours", "eval_nchw", "eval_ours", "eval_folded"),
+                         math.inf)  # fmt: skip
+    for _ in range(repeats):  # interleaved: a slow spell of the machine hits all alike
         for kind, timed in (("train", train_s), ("eval", eval_s)):
             for layout, channels_last in (("nchw", False), ("ours", True)):
                 model.cpu_channels_last = channels_last
                 best[f"{kind}_{layout}"] = min(best[f"{kind}_{layout}"], timed())
+        best["eval_folded"] = min(best["eval_folded"], eval_s(folded=True))
     return {
         **{f"{key}_s": round(secs, 3) for key, secs in best.items()},
         "train_speedup": round(best["train_nchw"] / best["train_ours"], 2),
         "eval_speedup": round(best["eval_nchw"] / best["eval_ours"], 2),
+        "fold_speedup": round(best["eval_ours"] / best["eval_folded"], 2),
     }
 
 

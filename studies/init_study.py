@@ -27,7 +27,8 @@ def plan_arms(encoder: str, encoder_steps: list[int], mix_steps: int | None,
               mean_steps: int) -> dict[str, StudyConfig]:  # fmt: skip
     """One study per store: the demo's images and training, AdvMix alone, seeds 0-2."""
     # the demo's settings, but the paper's start: the demo itself starts from the encoder
-    arms = {f"mean-{mean_steps}": dataclasses.replace(DEMO, encode_steps=mean_steps, encoder=None)}
+    arms = {f"mean-{mean_steps}": dataclasses.replace(DEMO, encode_steps=mean_steps, encoder=None,
+                                                      extra_encode_flags=())}  # fmt: skip
     mixing = () if mix_steps is None else ("--mix-steps", str(mix_steps))
     suffix = "" if mix_steps is None else f"-mix{mix_steps}"
     for steps in encoder_steps:

@@ -174,7 +174,7 @@ over colour-bias strengths and every baseline (AT, mixup) is in
 {unfinished(missing, names)}**Setup.** Colour correlation sigma {cfg.sigma:g} (the strongest of the sweep). One latent store
 per size: the first N biased-colour training images, {cfg.base.encode_steps} inversion steps from
 {start}. Training settings scale with the data, so that larger stores get more steps but fewer
-epochs: {sizes}, batch 64, Adam 1e-3, AdvMix K = 5 (ball projection). {oracle_note}The fixed ceiling is the shipped colour-blind
+epochs: {sizes}, batch 64, {learning_rate(results)}, AdvMix K = 5 (ball projection). {oracle_note}The fixed ceiling is the shipped colour-blind
 classifier trained on all 60k grey training images (`{REFERENCE.name}`:
 {ceiling["random"]:.3f} on `random`, {ceiling["swapped"]:.3f} on `swapped`). Accuracy on the 10k
 test images with biased (`iid`), random and swapped colours.
@@ -274,6 +274,16 @@ def equal_compute_table(results: list[dict], names: dict[str, str], images: int)
         + "\n".join(lines)
         + equal_compute_notes(results, images, equal_compute_rule(results, images))
     )
+
+
+def learning_rate(results: list[dict]) -> str:
+    """How the runs' learning rate moved, from their ``run.json`` (runs from before the
+    schedule was an option trained at a constant rate)."""
+    schedules = {json.loads((Path(r["run"]) / "run.json").read_text())["config"]
+                 .get("lr_schedule", "constant") for r in results}  # fmt: skip
+    if schedules == {"cosine"}:
+        return "Adam 1e-3 decaying to 0 over each run (`--lr-schedule cosine`)"
+    return f"Adam 1e-3 ({', '.join(sorted(schedules))} learning rate)"
 
 
 def equal_compute_rule(results: list[dict], images: int) -> dict[int, int]:

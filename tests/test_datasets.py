@@ -94,6 +94,8 @@ def test_colorize_pads_to_32():
     assert out.shape == (2, 3, 32, 32)
     assert out[0, :, 16, 16].tolist() == [200, 0, 0]
     assert out[1, :, 16, 16].tolist() == [0, 100, 200]
+    halves = colorize(np.full((1, 28, 28), 5, dtype=np.uint8), np.array([[0.5, 0.7, 0.9]]))
+    assert halves[0, :, 16, 16].tolist() == [2, 4, 4]  # 2.5 rounds to even, as numpy's rint
 
 
 def test_data_root_without_files_is_a_clear_error(tmp_path):

@@ -424,3 +424,24 @@ def test_the_classifier_scores_and_gradients_do_not_depend_on_its_cpu_memory_lay
     reference.square().sum().backward()
     assert torch.allclose(logits, reference, atol=1e-5)
     assert torch.allclose(x.grad, reference_x.grad, atol=1e-5)
+
+
+def test_evaluation_folds_batchnorm_without_changing_the_trained_model():
+    """Evaluation folds each BatchNorm into its convolution: the same predictions as the model
+    in eval mode, while the model being trained keeps its layers and its training mode."""
+    from advmix.classifiers import SmallCNN
+
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes=10, width=8).train()
+    for _ in range(3):  # running statistics away from their initial 0 / 1
+        model(torch.rand(32, 3, 32, 32))
+    x = torch.rand(64, 3, 32, 32)
+    fused = model.for_inference()
+    with torch.no_grad():
+        expected = model.eval()(x)
+        got = fused(x)
+    model.train()
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert model.training and sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 4

@@ -55,6 +55,7 @@ def accuracy(model, images: np.ndarray, labels: np.ndarray, batch_size: int, dev
 def evaluate_datasets(model, specs, batch_size: int, device, data_root=None) -> list[dict]:
     from advmix.datasets import load
 
+    model = model.for_inference()
     rows = []
     for spec in specs:
         data = load(spec, data_root)

@@ -241,10 +241,9 @@ class Trainer:
             return
         from training.evaluate import accuracy
 
-        self.model.eval()
-        scores = {spec: accuracy(self.model, data.images, data.labels, 256, self.device)
+        model = self.model.for_inference()  # a copy: the model in training is left as it is
+        scores = {spec: accuracy(model, data.images, data.labels, 256, self.device)
                   for spec, data in self.eval_sets.items()}  # fmt: skip
-        self.model.train()
         self.log({"event": "eval", "epoch": self.epoch, "step": self.step,
                   "train_s": round(self.elapsed_s, 3), "accuracy": scores})  # fmt: skip
 
