@@ -289,7 +289,9 @@ def diagnostics_table(results: list[dict], out: Path, sigma: float) -> str:
                      + ("{:.1%} ± {:.1%} |".format(*mean_std(kept)) if kept else "none fools |"))  # fmt: skip
     return (
         "Class kept: judged by the 60k-image colour-blind classifier on the store's first 512 "
-        "samples (`advmix store report`). The last two columns attack each finished AdvMix "
+        "samples (`advmix store report`); every store begins with the same images and latents "
+        "(the first N training images, encoded alike), so these two columns repeat from size "
+        "to size. The last two columns attack each finished AdvMix "
         "classifier on those samples with the training budget (`advmix store report --against "
         "RUN/classifier.pt`, saved as the run's `mix-report.json`): a worst-case mix that fools "
         "the classifier but no longer shows its class to the colour-blind judge is label noise, "
@@ -301,7 +303,9 @@ def diagnostics_table(results: list[dict], out: Path, sigma: float) -> str:
             mixes,
             "are tried in the next section"
             if (out / "levers.json").exists()
-            else "have not been tried on this study (`python -m studies.levers`)",
+            else "were measured on the 16384-image store at 2 epochs, where they chose the "
+            "defaults ([results-16k.md](results-16k.md); `python -m studies.levers` measures "
+            "them on a study's own folder)",
         )
     )
 
