@@ -37,7 +37,7 @@ data:
 demo: setup data
 	$(PY) -m studies.demo
 
-# The data-scaling study behind docs/RESULTS.md (about 3.3 hours on 2 CPU cores; DEVICE=cuda
+# The data-scaling study behind docs/RESULTS.md (about 2.7 hours on 2 CPU cores; DEVICE=cuda
 # where a GPU exists; all 60k images alone: python -m studies.reproduce --device cuda --preset
 # all-data). The colour-bias sweep: python -m studies.reproduce --study sigma.
 # WORKERS: training runs at once, one thread each on the CPU (studies/pool.py says what two
