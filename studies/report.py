@@ -303,9 +303,9 @@ def diagnostics_table(results: list[dict], out: Path, sigma: float) -> str:
             mixes,
             "are tried in the next section"
             if (out / "levers.json").exists()
-            else "were measured on the 16384-image store at 2 epochs, where they chose the "
-            "defaults ([results-16k.md](results-16k.md); `python -m studies.levers` measures "
-            "them on a study's own folder)",
+            else "are in [results-16k.md](results-16k.md), on the 16384-image store at 2 "
+            "epochs, where they chose the defaults (`python -m studies.levers` measures them on "
+            "a study's own folder)",
         )
     )
 
