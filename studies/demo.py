@@ -42,6 +42,9 @@ def write_report(cfg: StudyConfig, out: Path, results: list[dict], wall_s: float
     verdict = equal_compute_verdict(results, names)
     seeds = ", ".join(map(str, cfg.seeds))
     start = "the shipped encoder's prediction" if cfg.encoder else "the mean style"
+    flags = cfg.extra_encode_flags
+    if "--mix-steps" in flags:  # Algorithm 1's mixing loss on the last steps only
+        start += f", the mixing loss on the last {flags[flags.index('--mix-steps') + 1]}"
     tested = f"the first {cfg.test_limit:,}" if cfg.test_limit else "all 10k"
     text = f"""# AdvMix demo report
 
