@@ -23,6 +23,7 @@ def study(tmp_path_factory):
         test_limit=40,
         generator=str(tiny_generator(out / "G.pt", k=4)),
         extra_train_flags=("--no-progress",),
+        extra_encode_flags=("--mix-steps", "1"),  # as the demo encodes: the mixing loss last
         equal_compute=True,
     )
     return cfg, out, run_study(cfg, out / "run")
@@ -62,6 +63,7 @@ def test_report_has_table_plot_and_grids(study):
     assert "| 0.05 | AdvMix | 1 | 1 |" in report and "| 0.05 | nominal |" in report
     assert "| 0.05 | RandMix, AdvMix's seconds | 1 |" in report
     assert "- `random`: AdvMix" in report and "- `swapped`: AdvMix" in report
+    assert "2 inversion steps from the mean style, the mixing loss on the last 1)" in report
     for picture in ("accuracy.png", "reconstructions.png", "adversarial-mixes.png"):
         assert f"]({picture})" in report and (out / "run" / picture).stat().st_size > 1000
 
