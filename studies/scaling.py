@@ -76,9 +76,9 @@ class ScalingConfig:
 
 
 # Two CPU cores: 1k/4k/16k images in about 3.4 hours of step time, encodes included (about
-# 2.7 hours of wall time two runs at a time). On a GPU: up to all 60k training images, more epochs, stores from 40
-# steps (the encoder's start at full quality), equal compute at every size. The GPU encodes in
-# batches of 512: smaller ones leave it waiting on launches.
+# 2.7 hours of wall time two runs at a time). On a GPU: up to all 60k training images, more
+# epochs, stores from 40 steps (the encoder's start at full quality), equal compute at every
+# size. The GPU encodes in batches of 512: smaller ones leave it waiting on launches.
 CPU = ScalingConfig()
 FULL = ScalingConfig(
     base=dataclasses.replace(BASE, encode_steps=40, encode_batch=512),
@@ -95,8 +95,8 @@ ALL_DATA = ScalingConfig(
     equal_compute=(60000,),
 )
 # The CPU preset's largest store alone (about 2.7 hours of step time on 2 cores, 95 min of wall
-# time two runs at a time, from an encoded store): its verdict
-# after a change of the method's defaults, without the smaller stores.
+# time two runs at a time, from an encoded store): its verdict after a change of the method's
+# defaults, without the smaller stores.
 CPU_16K_4EP = ScalingConfig(sizes=((16384, 4),))
 # That store at half the epochs (about an hour), the CPU preset's budget until the 4-epoch point
 # showed that at 2 epochs even the colour-blind oracle closes only 87% of the gap to the
