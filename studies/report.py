@@ -46,17 +46,20 @@ def markdown_table(results: list[dict], names: dict[str, str]) -> str:
 
 
 def equal_compute_verdict(results: list[dict], names: dict[str, str]) -> str:
-    """AdvMix against RandMix given AdvMix's seconds, per split; a lead within the larger of
-    the two standard deviations is called level."""
-    stats = {method: split_stats for (_, method), split_stats in aggregate(results).items()}
-    if "advmix" not in stats or "randmix-long" not in stats:
-        return ""
+    """AdvMix against RandMix given AdvMix's seconds, per sigma and split; a lead within the
+    larger of the two standard deviations is called level."""
+    stats = aggregate(results)
+    sigmas = list(dict.fromkeys(sigma for sigma, _ in stats))
     lines = []
-    for split in SPLITS:
-        (a, sa), (b, sb) = stats["advmix"][split], stats["randmix-long"][split]
-        lines.append(f"- `{split}`: AdvMix {a:.3f} ± {sa:.3f}, {names['randmix-long']} "
-                     f"{b:.3f} ± {sb:.3f}: AdvMix is {standing(a - b, max(sa, sb))} "
-                     f"({a - b:+.3f}).")  # fmt: skip
+    for sigma in sigmas:
+        if (sigma, "advmix") not in stats or (sigma, "randmix-long") not in stats:
+            continue
+        where = f"sigma {sigma:g}, " if len(sigmas) > 1 else ""
+        for split in SPLITS:
+            (a, sa), (b, sb) = stats[sigma, "advmix"][split], stats[sigma, "randmix-long"][split]
+            lines.append(f"- {where}`{split}`: AdvMix {a:.3f} ± {sa:.3f}, {names['randmix-long']} "
+                         f"{b:.3f} ± {sb:.3f}: AdvMix is {standing(a - b, max(sa, sb))} "
+                         f"({a - b:+.3f}).")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -251,8 +254,8 @@ def equal_compute_notes(results: list[dict], images: int, rule: dict[int, int]) 
 
 
 def standing(lead: float, spread: float) -> str:
-    """A lead smaller than the seeds' spread is not called a win."""
-    if abs(lead) < spread:
+    """A lead no larger than the seeds' spread is not called a win (nor a tie a loss)."""
+    if abs(lead) <= spread:
         return "level with it"
     return "ahead" if lead > 0 else "behind"
 

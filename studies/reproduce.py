@@ -37,6 +37,7 @@ from studies.report import (
     compute_plot,
     diagnostics_table,
     equal_compute_notes,
+    equal_compute_verdict,
     markdown_table,
     mean_std,
     oracle_gap,
@@ -97,6 +98,22 @@ classifier (`{REFERENCE.name}`, trained on all 60k grey training images), which 
 {rows}"""
 
 
+def equal_compute_text(results: list[dict], names: dict[str, str]) -> str:
+    verdict = equal_compute_verdict(results, names)
+    if not verdict:
+        return ""
+    counts = {word: verdict.count(f"AdvMix is {word}") for word in ("ahead", "level", "behind")}
+    return f"""## AdvMix against RandMix at equal compute
+
+"{names["randmix-long"]}" trains RandMix until it has spent at least each seed's AdvMix
+training seconds, in whole epochs (the table's *epochs* and *training s*). A lead within the
+larger of the two standard deviations is called level. Over the {sum(counts.values())} pairs of
+sigma and test colours AdvMix is ahead on {counts["ahead"]}, level on {counts["level"]} and
+behind on {counts["behind"]}:
+
+{verdict}"""
+
+
 def sigma_page(args, preset: str) -> str:
     cfg = dataclasses.replace(
         PRESETS[preset], device=args.device, extra_train_flags=("--no-progress",)
@@ -117,9 +134,11 @@ the last sitting). Mean ± standard deviation over seeds {list(cfg.seeds)}; clas
 {cfg.train_images} biased-colour training images per sigma (one latent store per sigma,
 {cfg.encode_steps} inversion steps from {start}, shipped generator), {cfg.epochs} epochs;
 accuracy on the 10k test images with biased (`iid`), random and swapped colours. The
-data-scaling study and the equal-compute comparison are in [RESULTS.md](RESULTS.md).
+data-scaling study is in [RESULTS.md](RESULTS.md).
 
 {markdown_table(results, names)}
+
+{equal_compute_text(results, names)}
 
 {gap_text(oracle_gap(results, reference=reference_accuracy(args.out)), names)}
 

@@ -180,6 +180,31 @@ def test_a_lead_within_the_spread_is_not_a_win():
     assert standing(0.145, 0.025) == "ahead" and standing(-0.1, 0.02) == "behind"
 
 
+def test_equal_compute_verdict_is_given_per_sigma():
+    from studies.report import equal_compute_verdict
+
+    splits = {"iid": 0.9, "swapped": 0.5}
+    rows = [{"sigma": sigma, "method": method, "seed": seed, **splits, "random": acc + seed / 100}
+            for sigma, accs in ((0.02, {"advmix": 0.70, "randmix-long": 0.60}),
+                                (0.1, {"advmix": 0.60, "randmix-long": 0.70}))
+            for method, acc in accs.items() for seed in (0, 1)]  # fmt: skip
+    lines = equal_compute_verdict(rows, NAMES).splitlines()
+    assert len(lines) == 6  # two sigmas by three splits; a lone sigma is not named
+    assert [line for line in lines if "random" in line] == [
+        "- sigma 0.02, `random`: AdvMix 0.705 ± 0.005, RandMix, AdvMix's seconds 0.605 ± 0.005: "
+        "AdvMix is ahead (+0.100).",
+        "- sigma 0.1, `random`: AdvMix 0.605 ± 0.005, RandMix, AdvMix's seconds 0.705 ± 0.005: "
+        "AdvMix is behind (-0.100).",
+    ]  # fmt: skip
+    assert "level with it (+0.000)" in lines[0]
+    alone = equal_compute_verdict([r for r in rows if r["sigma"] == 0.1], NAMES)
+    assert alone.startswith("- `iid`: AdvMix 0.900")
+    from studies.reproduce import equal_compute_text
+
+    text = " ".join(equal_compute_text(rows, NAMES).split())
+    assert "Over the 6 pairs of sigma and test colours AdvMix is ahead on 1, level on 4" in text
+
+
 def test_gap_to_the_ceiling_is_per_seed():
     from studies.report import ceiling_gap
 
