@@ -29,7 +29,7 @@ from pathlib import Path
 from advmix import shipped
 from cli.main import main as advmix_cli
 from studies.irm_diagnostics import mix_diagnostics, record_generator, store_statistics
-from studies.study import say
+from studies.study import equal_compute_epochs, extend_to_seconds, say, train_seconds
 
 # Name in results-irm.json -> advmix train options (same classifier, epochs and batch for all).
 METHODS = {
@@ -42,9 +42,16 @@ METHODS = {
     # it could learn apart from the generated images'.
     "RandMix-mixes": ("--method", "randmix", "--train-on", "mixes"),
     "AdvMix-mixes": ("--method", "advmix", "--train-on", "mixes+random"),
+    # Equal compute: RandMix resumed with more epochs until it has spent the training seconds
+    # of the same seed's AdvMix run (AT_ADVMIX_SECONDS names the pair).
+    "RandMix-long": ("--method", "randmix"),
+    "RandMix-mixes-long": ("--method", "randmix", "--train-on", "mixes"),
 }
+# long method -> (the same method at the preset's epochs, the AdvMix run whose seconds it gets)
+AT_ADVMIX_SECONDS = {"RandMix-long": ("RandMix", "AdvMix"),
+                     "RandMix-mixes-long": ("RandMix-mixes", "AdvMix-mixes")}  # fmt: skip
 RECORDS = Path("docs/records/irm")
-WITH_MIXES_ONLY = tuple(METHODS)  # the five core methods and both mixes-only variants
+WITH_MIXES_ONLY = tuple(METHODS)  # the five core methods, the mixes-only ones, equal compute
 
 
 @dataclass(frozen=True)
@@ -224,16 +231,32 @@ def diagnose(store: Path, G: str, records: Path) -> dict:
 
 
 def train_and_evaluate(cfg: IRMStudyConfig, method: str, seed: int, G: str, store: Path,
-                       run_dir: Path, records: Path) -> dict:  # fmt: skip
+                       runs: Path, records: Path) -> dict:  # fmt: skip
+    """Train (or reuse) and evaluate one method and seed; a method of ``AT_ADVMIX_SECONDS``
+    first has its pair trained, then runs until it has spent the AdvMix run's seconds."""
+    run_dir, epochs, at_least_s = runs / method / f"seed-{seed}", cfg.epochs, None
+    if method in AT_ADVMIX_SECONDS:
+        for other in AT_ADVMIX_SECONDS[method]:  # the pair first: its runs set this one's
+            train_and_evaluate(cfg, other, seed, G, store, runs,
+                               records.parent.parent / other / f"seed-{seed}")  # fmt: skip
+        randmix, advmix = (runs / other / f"seed-{seed}" for other in AT_ADVMIX_SECONDS[method])
+        epochs = equal_compute_epochs(advmix, randmix, cfg.epochs)
+        at_least_s = train_seconds(advmix)
     model = run_dir / "classifier.pt"
-    if not model.exists():
-        say(f"training {method}, seed {seed} -> {run_dir}")
+
+    def train_to(epochs: int) -> None:
         resume = ["--resume"] if (run_dir / "checkpoint.pt").exists() else []
         advmix_cli(["train", "--store", str(store), "--generator", G, *METHODS[method],
-                    "--epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size),
+                    "--epochs", str(epochs), "--batch-size", str(cfg.batch_size),
                     "--attack-steps", str(cfg.attack_steps), "--seed", str(seed),
                     "--device", cfg.device, "--no-progress", "--out", str(run_dir),
                     *resume])  # fmt: skip
+
+    if not model.exists():
+        say(f"training {method}, seed {seed} -> {run_dir}")
+        train_to(epochs)
+    if at_least_s is not None:
+        extend_to_seconds(run_dir, at_least_s, train_to)
     result = run_dir / "eval.json"
     if not result.exists():
         advmix_cli(["evaluate", "--checkpoint", str(model), "--data", spec("train", cfg),
@@ -289,8 +312,7 @@ def run(cfg: IRMStudyConfig, out: Path, records: Path) -> dict:
     diagnose(stores["train"], G, records)
     for seed in cfg.seeds:  # seeds outermost: a stopped study has every method at equal seeds
         for method in cfg.methods:
-            acc = train_and_evaluate(cfg, method, seed, G, stores["train"],
-                                     out / "runs" / method / f"seed-{seed}",
+            acc = train_and_evaluate(cfg, method, seed, G, stores["train"], out / "runs",
                                      records / method / f"seed-{seed}")  # fmt: skip
             say(f"{method:>14} seed {seed}: train {acc['train']:.4f}, test {acc['test']:.4f}")
     (records / "irm-config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")

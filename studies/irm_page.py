@@ -5,6 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from studies.irm_verdicts import (
+    cell,
+    equal_compute_lines,
+    irm_note,
+    nominal_lines,
+    verdict,
+    why,
+)
+
 # Arjovsky et al. (2019), Colored MNIST (digits, not Fashion-MNIST; 2x-subsampled 14x14 images,
 # an MLP, full-batch steps): mean and std over 10 restarts as their reference code printed
 # them, github.com/facebookresearch/InvariantRiskMinimization,
@@ -15,10 +24,6 @@ ARJOVSKY_MNIST = (
     ("ERM-grayscale (oracle)", 0.7350, 0.0019, 0.7301, 0.0047),
 )
 SOURCE = "github.com/IBM/OoD, IRM_games/data_construct.py, class assemble_data_mnist_fashion"
-
-
-def _cell(mean: float, std: float) -> str:
-    return f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
 def _settings(records: Path) -> dict:
@@ -53,16 +58,16 @@ def page(results: dict, config: dict, records: Path, others: dict | None = None)
     for name, row in rows.items():
         follows = row.get("follows_colour")
         colour = f"{100 * follows['train']:.1f} / {100 * follows['test']:.1f}" if follows else ""
-        table.append(f"| {name} | {_cell(row['train'], row['train_std'])} | "
-                     f"{_cell(row['test'], row['test_std'])} | {colour} | {row['seeds']} | ours: "
+        table.append(f"| {name} | {cell(row['train'], row['train_std'])} | "
+                     f"{cell(row['test'], row['test_std'])} | {colour} | {row['seeds']} | ours: "
                      f"`{command}` |")  # fmt: skip
     table.append("| optimal invariant predictor | 75 | 75 | | | the construction's label noise |")
     for name, train, train_std, test, test_std in ARJOVSKY_MNIST:
-        table.append(f"| {name}, **Colored MNIST** | {_cell(train, train_std)} | "
-                     f"{_cell(test, test_std)} | | 10 | Arjovsky et al. 2019 (reference code's "
+        table.append(f"| {name}, **Colored MNIST** | {cell(train, train_std)} | "
+                     f"{cell(test, test_std)} | | 10 | Arjovsky et al. 2019 (reference code's "
                      "output) |")  # fmt: skip
     missing = [m for m in ("ERM", "ERM-grayscale", "IRMv1", "RandMix", "AdvMix") if m not in rows]
-    verdict = _verdict(rows) + _why(rows, records)
+    conclusion = verdict(rows) + why(rows, records)
     return "\n".join([
         "# IRM's Colored Fashion-MNIST: ERM, grey, IRMv1 and AdvMix side by side",
         "",
@@ -105,10 +110,11 @@ def page(results: dict, config: dict, records: Path, others: dict | None = None)
         "",
         *table,
         "",
-        verdict,
+        conclusion,
         "",
-        *_nominal_lines(rows, records),
-        *_irm_note(rows),
+        *nominal_lines(rows, records),
+        *equal_compute_lines(rows),
+        *irm_note(rows),
         "Rows marked **Colored MNIST** are digits, not Fashion-MNIST: the original IRM benchmark,",
         "for scale only. The IRM-games paper's own Colored Fashion-MNIST table (ERM, IRM,",
         "F-IRM and V-IRM games) is not reproduced here, as we had no copy of its numbers to",
@@ -264,7 +270,7 @@ def _ablation_lines(others: dict, rows: dict) -> list[str]:
         for name, row in other["methods"].items():
             lines.append(f"| {name} | {generator_label(config)} | {split} | "
                          f"{train_on if name == 'AdvMix' else ''} | "
-                         f"{_cell(row['test'], row['test_std'])} | {row['seeds']} | {shares} | "
+                         f"{cell(row['test'], row['test_std'])} | {row['seeds']} | {shares} | "
                          f"`{path}` |")  # fmt: skip
     return [*lines, ""]
 
@@ -284,107 +290,8 @@ def _seeds(records: Path) -> str:
     return ", ".join(map(str, seeds))
 
 
-def _irm_note(rows: dict) -> list[str]:
-    irm = rows.get("IRMv1")
-    if not irm or "follows_colour" not in irm:
-        return []
-    others = [f"{name} {100 * rows[name]['follows_colour']['train']:.1f}%"
-              for name in ("ERM", "ERM-grayscale") if "follows_colour" in rows.get(name, {})]  # fmt: skip
-    return ["*Predicts the colour*: the share of predictions equal to the image's colour (red 1, "
-            "green 0; `colour.json` in each run's records). On the training images IRMv1's "
-            f"predictions agree with the colour on {100 * irm['follows_colour']['train']:.1f}% "
-            f"({', '.join(others)}). Every run is scored at its last step, as the reference "
-            "code scores it: no early stopping, no model selection.", ""]  # fmt: skip
-
-
-def _lead(a: dict, b: dict) -> str:
-    """AdvMix-mixes against RandMix-mixes at test, judged as the colour study judges leads."""
-    from studies.report import standing
-
-    lead, spread = a["test"] - b["test"], max(a["test_std"], b["test_std"])
-    verdict = standing(lead, spread)
-    return (
-        f"AdvMix-mixes is {verdict} ({100 * lead:+.1f} points, std up to "
-        f"{100 * spread:.1f}): here the worst case adds "
-        + ("accuracy" if verdict == "ahead" else "nothing the random mixes do not give")
-    )
-
-
-def _nominal_lines(rows: dict, records: Path) -> list[str]:
-    """What the rows trained without nominal images say about the real images' role."""
-    if "AdvMix-mixes" not in rows or "AdvMix" not in rows:
-        return []
-    follow = lambda name: (f"{100 * rows[name]['follows_colour']['train']:.1f}%"  # noqa: E731
-                           if "follows_colour" in rows.get(name, {}) else "?")  # fmt: skip
-    test = lambda name: _cell(rows[name]["test"], rows[name]["test_std"])  # noqa: E731
-    path = records / "mixes.json"
-    psnr = json.loads(path.read_text())["reconstruction_psnr_db"] if path.exists() else None
-    lines = [
-        "## What the nominal images do",
-        "",
-        f"With its default examples AdvMix scores {test('AdvMix')}% at test and its predictions "
-        f"agree with the image's colour on {follow('AdvMix')} of training images; trained on "
-        f"its mixes alone (`AdvMix-mixes`) it scores {test('AdvMix-mixes')}% and agrees with "
-        f"the colour on {follow('AdvMix-mixes')}."
-        + (f" RandMix on its mixes alone (`RandMix-mixes`, the control: no worst case) scores "
-           f"{test('RandMix-mixes')}%: {_lead(rows['AdvMix-mixes'], rows['RandMix-mixes'])}."
-           if "RandMix-mixes" in rows else ""),
-        "",
-        "Our reading: a classifier that trains on real images beside generated ones can keep "
-        "the colour rule for the real ones, which it tells apart by their look"
-        + (f" (the store's reconstructions average {psnr:.2f} dB PSNR)" if psnr else "")
-        + "; the test images are real. Trained on mixes alone it never meets that rule, and "
-        "the shapes it learns on generated items carry over to real ones. On `cfmnist`, whose "
-        "test colours the mixes cover, the nominal images are worth keeping "
-        "(`docs/training.md`); here they are not.",
-        "",
-    ]  # fmt: skip
-    return lines
-
-
-def _why(rows: dict, records: Path) -> str:
-    """Why AdvMix falls short, from the diagnostics, when it does."""
-    adv, path = rows.get("AdvMix"), records / "mixes.json"
-    if not adv or adv["test"] >= 0.70 or "follows_colour" not in adv or not path.exists():
-        return ""
-    m = json.loads(path.read_text())
-    erm = rows.get("ERM", {}).get("follows_colour")
-    return (f" The default AdvMix's predictions still follow the image's colour on "
-            f"{100 * adv['follows_colour']['train']:.1f}% of training images"
-            + (f" (ERM {100 * erm['train']:.1f}%)" if erm else "")
-            + f". Its training mixes keep the class ({100 * m['class_kept']:.1f}%), "
-            f"{100 * (m['mixes']['red'] + m['mixes']['green']):.1f}% of them are red or green "
-            f"(originals {100 * (m['originals']['red'] + m['originals']['green']):.1f}%) and the "
-            f"mix changes the colour's name on {100 * m['colour_changed']:.1f}% (section below).")  # fmt: skip
-
-
 def _train_images(config: dict) -> str:
     if not config.get("train_slice"):
         return "all of `irmcf:train`"
     offset, limit = config["train_slice"]
     return f"`irmcf:train?offset={offset}&limit={limit}`, both environments"
-
-
-# What each AdvMix row trains on, for the verdict (rows named as in studies.irm.METHODS).
-ADVMIX_ROWS = {"AdvMix": "`--train-on both+random`, the default: nominal images, worst-case "
-               "and random mixes", "AdvMix-mixes": "`--train-on mixes+random`: worst-case and "
-               "random mixes, no nominal images"}  # fmt: skip
-
-
-def _verdict(rows: dict) -> str:
-    present = [name for name in ADVMIX_ROWS if name in rows]
-    if not present:
-        return ("AdvMix has no row yet, so whether it reaches IRMv1's test accuracy and 0.70 "
-                "is not known: see *Not measured yet*.")  # fmt: skip
-    irm = rows.get("IRMv1", {}).get("test")
-    parts = []
-    for name in present:
-        adv, seeds = rows[name]["test"], rows[name]["seeds"]
-        ok = adv >= 0.70 and (irm is None or adv >= irm)
-        parts.append(f"{name} ({ADVMIX_ROWS[name]}) scores {100 * adv:.1f}% ± "
-                     f"{100 * rows[name]['test_std']:.1f}% at test ({seeds} seed"
-                     f"{'s' if seeds > 1 else ''})"
-                     + (": at least IRMv1's accuracy and at least 70%" if ok else
-                        ": short of IRMv1's accuracy or of 70%"))  # fmt: skip
-    against = f" IRMv1 scores {100 * irm:.1f}%." if irm is not None else ""
-    return "AdvMix uses no environment labels." + against + " " + "; ".join(parts) + "."

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -130,14 +131,23 @@ def train(cfg: StudyConfig, method: str, store: Path, seed: int, run_dir: Path,
     else:
         say(f"training {ARMS[method].name} (seed {seed}) -> {run_dir}")
         train_command(cfg, method, store, seed, run_dir, cfg.epochs)
+    if at_least_s is not None:
+        extend_to_seconds(run_dir, at_least_s,
+                          lambda epochs: train_command(cfg, method, store, seed, run_dir, epochs))  # fmt: skip
+    return model
+
+
+def extend_to_seconds(run_dir: Path, at_least_s: float, train_to: Callable[[int], None]) -> None:
+    """Resume a finished run with more epochs (``train_to(epochs)`` resumes its checkpoint)
+    until it has spent ``at_least_s`` seconds in training steps; its classifier and evaluation
+    are deleted first, as they belong to fewer epochs."""
     epochs = run_epochs(run_dir)
-    while at_least_s is not None and (spent := train_seconds(run_dir)) < at_least_s:
+    while (spent := train_seconds(run_dir)) < at_least_s:
         epochs += max(1, math.ceil((at_least_s - spent) / (spent / epochs)))
         say(f"{run_dir.name}: {spent:.0f}s of {at_least_s:.0f}s, extending to {epochs} epochs")
-        model.unlink()
+        (run_dir / "classifier.pt").unlink()
         (run_dir / "eval.json").unlink(missing_ok=True)
-        train_command(cfg, method, store, seed, run_dir, epochs)
-    return model
+        train_to(epochs)
 
 
 def train_command(cfg: StudyConfig, method: str, store: Path, seed: int, run_dir: Path,

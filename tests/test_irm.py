@@ -269,9 +269,10 @@ def test_the_study_fine_tunes_a_generator_on_irmcf_and_uses_it(tmp_path):
     irmcf:train without labels, measures its k with irmcf images as the real reference,
     records it (gan.json) and encodes and trains with it; the page carries its model card."""
     from studies.irm import IRMStudyConfig, run, write_docs
+    from studies.study import train_seconds
 
     start = tiny_generator(tmp_path / "G0.pt")
-    cfg = IRMStudyConfig("smoke", methods=("RandMix",), seeds=(0,), generator=str(start),
+    cfg = IRMStudyConfig("smoke", methods=("RandMix-long",), seeds=(0,), generator=str(start),
                          gan_iterations=2, gan_init=str(start), encode_steps=1,
                          encode_init="mean", epochs=1)  # fmt: skip
     records, docs = tmp_path / "records", tmp_path / "docs"
@@ -283,5 +284,13 @@ def test_the_study_fine_tunes_a_generator_on_irmcf_and_uses_it(tmp_path):
     used = json.loads((records / "RandMix" / "seed-0" / "run.json").read_text())["generator"]
     assert used["path"] == str(tmp_path / "out" / "gan" / "G.pt")
     assert used["fingerprint"] == card["fingerprint"]
-    write_docs(records, docs)
-    assert "## The generator (model card)" in (docs / "irm-benchmark.md").read_text()
+    # RandMix at AdvMix's seconds trains its pair first and spends at least AdvMix's seconds
+    results = write_docs(records, docs)["methods"]
+    assert set(results) == {"RandMix", "AdvMix", "RandMix-long"}
+    runs = tmp_path / "out" / "runs"
+    assert train_seconds(runs / "RandMix-long" / "seed-0") >= train_seconds(
+        runs / "AdvMix" / "seed-0"
+    )
+    text = (docs / "irm-benchmark.md").read_text()
+    assert "## The generator (model card)" in text
+    assert "- AdvMix " in text.split("## At equal compute")[1] and "against RandMix-long" in text
