@@ -22,7 +22,7 @@ from advmix.errors import DataError
 from cli.main import main as advmix_cli
 from studies.pool import add_workers_option, checked_workers
 from studies.report import bar_plot, equal_compute_verdict, markdown_table
-from studies.study import ARMS, DEMO, StudyConfig, run_study, say
+from studies.study import ARMS, DEMO, StudyConfig, encode_start, run_study, say
 
 
 def write_report(cfg: StudyConfig, out: Path, results: list[dict], wall_s: float) -> Path:
@@ -41,10 +41,7 @@ def write_report(cfg: StudyConfig, out: Path, results: list[dict], wall_s: float
     table = markdown_table(results, names)
     verdict = equal_compute_verdict(results, names)
     seeds = ", ".join(map(str, cfg.seeds))
-    start = "the shipped encoder's prediction" if cfg.encoder else "the mean style"
-    flags = cfg.extra_encode_flags
-    if "--mix-steps" in flags:  # Algorithm 1's mixing loss on the last steps only
-        start += f", the mixing loss on the last {flags[flags.index('--mix-steps') + 1]}"
+    start = encode_start(cfg)
     tested = f"the first {cfg.test_limit:,}" if cfg.test_limit else "all 10k"
     text = f"""# AdvMix demo report
 

@@ -52,6 +52,7 @@ from studies.study import (
     PRESETS,
     REFERENCE,
     Timings,
+    encode_start,
     equal_compute_epochs,
     reference_accuracy,
     run_study,
@@ -125,12 +126,13 @@ def sigma_page(args, preset: str) -> str:
     plot = args.results.parent / "img" / "accuracy-vs-sigma.png"
     sigma_plot(results, names, plot)
     compute_min = Timings(args.out / "timings.json").total / 60
-    start = "the shipped encoder's prediction" if cfg.encoder else "the mean style"
+    start = encode_start(cfg)
+    sitting = (f"{wall_min:.0f} min in the last sitting" if wall_min >= 1
+               else "this page written from its finished steps")  # fmt: skip
     return f"""# Results: the colour-bias sweep on Colored Fashion-MNIST
 
 Produced by `python -m studies.reproduce --study sigma --device {args.device}` (preset
-`{preset}`) on {machine()}: {compute_min:.0f} min of summed step times ({wall_min:.0f} min in
-the last sitting). Mean ± standard deviation over seeds {list(cfg.seeds)}; classifiers trained on
+`{preset}`) on {machine()}: {compute_min:.0f} min of summed step times ({sitting}). Mean ± standard deviation over seeds {list(cfg.seeds)}; classifiers trained on
 {cfg.train_images} biased-colour training images per sigma (one latent store per sigma,
 {cfg.encode_steps} inversion steps from {start}, shipped generator), {cfg.epochs} epochs;
 accuracy on the 10k test images with biased (`iid`), random and swapped colours. The
@@ -174,7 +176,7 @@ def scaling_page(args, preset: str) -> str:
                  names, largest, by_seconds)  # fmt: skip
     compute_min = Timings(args.out / "timings.json").total / 60
     sizes = ", ".join(f"{n} images for {e} epoch{'s' * (e != 1)}" for n, e in cfg.sizes)
-    start = "the shipped encoder's prediction" if cfg.base.encoder else "the mean style"
+    start = encode_start(cfg.base)
     oracle_note = ("The colour-blind oracle gets the same images and epochs as the others. "
                    if "oracle" in cfg.base.methods else "")  # fmt: skip
     workers = json.loads((args.out / "scaling-config.json").read_text()).get("workers", 1)

@@ -90,6 +90,15 @@ CPU = dataclasses.replace(FULL, train_images=1024, epochs=10, encode_steps=DEMO.
 PRESETS = {"full": FULL, "cpu": CPU}
 
 
+def encode_start(cfg: StudyConfig) -> str:
+    """Where the study's encodes start Algorithm 1, in words for its pages."""
+    start = "the shipped encoder's prediction" if cfg.encoder else "the mean style"
+    flags = cfg.extra_encode_flags
+    if "--mix-steps" in flags:  # Algorithm 1's mixing loss on the last steps only
+        start += f", the mixing loss on the last {flags[flags.index('--mix-steps') + 1]}"
+    return start
+
+
 def say(message: str) -> None:
     print(f"[study] {message}", flush=True)
 
