@@ -79,11 +79,17 @@ def recorded_machine(results: list[dict]) -> tuple[str, str]:
     return "/".join(dict.fromkeys(d for d, _, _ in seen)), f"the machine its runs record ({words})"
 
 
+def percent(share: float) -> str:
+    """A share in whole percent; a share that rounds to zero is 0%, not -0%."""
+    return f"{round(share, 2) + 0.0:.0%}"
+
+
 def gap_text(gap: dict, names: dict[str, str]) -> str:
     closed, acc, to_reference = gap["gap_closed"], gap["accuracy"], gap["reference_gap_closed"]
     order = sorted(closed, key=closed.get, reverse=True)
     rows = "\n".join(
-        f"| {names[m]} | {acc[m]:.3f} | {closed[m]:.0%} | {to_reference[m]:.0%} |" for m in order
+        f"| {names[m]} | {acc[m]:.3f} | {percent(closed[m])} | {percent(to_reference[m])} |"
+        for m in order
     )
     return f"""## Oracle gap at the strongest correlation (sigma {gap["sigma"]:g})
 
