@@ -10,7 +10,7 @@ RandMix, AdvMix, oracle) at three strengths of the colour correlation, 1024 imag
 (``studies.study``).
 
 ``--device cuda`` picks each study's ``full`` preset, a CPU its ``cpu`` preset (on 2 cores,
-about 2.7 hours of wall time for the scaling study with ``--workers 2`` and 1.5 for the
+about 2.7 hours of wall time for the scaling study with ``--workers 2`` and 1.2 for the
 sweep); ``--preset all-data`` runs the scaling study on all 60k training images alone (about
 ten minutes of one GPU, ``docs/results-60k.md``). Steps that already have outputs under
 ``--out`` are skipped, so a study can be stopped and restarted; the page states the summed step
