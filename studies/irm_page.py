@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 from studies.irm_verdicts import (
+    EQUAL_COMPUTE_RULE,
     cell,
+    equal_compute_bullets,
     equal_compute_lines,
     irm_note,
     nominal_lines,
@@ -272,6 +274,9 @@ def _ablation_lines(others: dict, rows: dict) -> list[str]:
                          f"{train_on if name == 'AdvMix' else ''} | "
                          f"{cell(row['test'], row['test_std'])} | {row['seeds']} | {shares} | "
                          f"`{path}` |")  # fmt: skip
+    for path, other in others.items():
+        if bullets := equal_compute_bullets(other["methods"]):
+            lines += ["", f"At equal compute, `{path}` ({EQUAL_COMPUTE_RULE[:-1]}):", "", *bullets]
     return [*lines, ""]
 
 

@@ -42,20 +42,26 @@ def control(rows: dict) -> str:
     return f"{sentence}: here the worst case adds {adds}"
 
 
-def equal_compute_lines(rows: dict) -> list[str]:
+def equal_compute_bullets(rows: dict) -> list[str]:
     """Each AdvMix row against RandMix given its training seconds (studies.irm's pairs)."""
     pairs = [(adv, long) for long, (_, adv) in AT_ADVMIX_SECONDS.items()
              if long in rows and adv in rows]  # fmt: skip
-    if not pairs:
+    return [f"- {adv} {cell(rows[adv]['test'], rows[adv]['test_std'])}% against {long} "
+            f"{cell(rows[long]['test'], rows[long]['test_std'])}% at test ({rows[long]['seeds']} "
+            f"seeds): {judge(rows, adv, long)[1]}." for adv, long in pairs]  # fmt: skip
+
+
+EQUAL_COMPUTE_RULE = ("`RandMix-long` and `RandMix-mixes-long` resume RandMix (on its mixes alone "
+                      "for the second) with more epochs until it has spent the training seconds "
+                      "of the same seed's `AdvMix` (`AdvMix-mixes`) run. A lead within the larger "
+                      "standard deviation is called level.")  # fmt: skip
+
+
+def equal_compute_lines(rows: dict) -> list[str]:
+    bullets = equal_compute_bullets(rows)
+    if not bullets:
         return []
-    lines = [f"- {adv} {cell(rows[adv]['test'], rows[adv]['test_std'])}% against {long} "
-             f"{cell(rows[long]['test'], rows[long]['test_std'])}% at test: "
-             f"{judge(rows, adv, long)[1]}." for adv, long in pairs]  # fmt: skip
-    return ["## At equal compute", "",
-            "`RandMix-long` and `RandMix-mixes-long` resume RandMix (on its mixes alone for the "
-            "second) with more epochs until it has spent the training seconds of the same "
-            "seed's `AdvMix` (`AdvMix-mixes`) run. A lead within the larger standard deviation "
-            "is called level:", "", *lines, ""]  # fmt: skip
+    return ["## At equal compute", "", EQUAL_COMPUTE_RULE, "", *bullets, ""]
 
 
 def nominal_lines(rows: dict, records: Path) -> list[str]:

@@ -294,3 +294,19 @@ def test_the_study_fine_tunes_a_generator_on_irmcf_and_uses_it(tmp_path):
     text = (docs / "irm-benchmark.md").read_text()
     assert "## The generator (model card)" in text
     assert "- AdvMix " in text.split("## At equal compute")[1] and "against RandMix-long" in text
+
+
+def test_the_page_judges_advmix_against_randmix_at_its_seconds():
+    from studies.irm_verdicts import equal_compute_bullets
+
+    rows = {name: {"test": test, "test_std": std, "seeds": 3}
+            for name, test, std in (("AdvMix", 0.30, 0.05), ("RandMix-long", 0.20, 0.02),
+                                    ("AdvMix-mixes", 0.74, 0.002),
+                                    ("RandMix-mixes-long", 0.741, 0.003))}  # fmt: skip
+    assert equal_compute_bullets(rows) == [
+        "- AdvMix 30.0 ± 5.0% against RandMix-long 20.0 ± 2.0% at test (3 seeds): AdvMix is "
+        "ahead (+10.0 points, std up to 5.0).",
+        "- AdvMix-mixes 74.0 ± 0.2% against RandMix-mixes-long 74.1 ± 0.3% at test (3 seeds): "
+        "AdvMix-mixes is level with it (-0.1 points, std up to 0.3).",
+    ]  # fmt: skip
+    assert equal_compute_bullets({"AdvMix": rows["AdvMix"]}) == []  # no partner, no verdict
