@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from studies.irm import AT_ADVMIX_SECONDS
 from studies.irm_verdicts import (
     EQUAL_COMPUTE_RULE,
     cell,
@@ -124,7 +125,7 @@ def page(results: dict, config: dict, records: Path, others: dict | None = None)
         "",
         *_mix_lines(records, config),
         *_generator_lines(records, config),
-        *_ablation_lines(others or {}, rows),
+        *_ablation_lines(others or {}, config),
         "## Setup, and what differs from the published one",
         "",
         f"- Same classifier and budget for every method: `{s.get('arch', 'smallcnn')}` "
@@ -149,6 +150,8 @@ def page(results: dict, config: dict, records: Path, others: dict | None = None)
         "## Not measured yet",
         "",
         *([f"- {', '.join(missing)}: not run in preset `{preset}`."] if missing else []),
+        *([f"- {', '.join(long)} (RandMix at AdvMix's seconds): not run in preset `{preset}`."]
+          if (long := [m for m in AT_ADVMIX_SECONDS if m not in rows]) else []),  # fmt: skip
         *([f"- {', '.join(few)}: fewer than 5 seeds."] if (few := [m for m, r in rows.items()
                                                               if r["seeds"] < 5]) else []),  # fmt: skip
         *[f"- Preset `{name}` ({what}): no records yet." for name, what in
@@ -247,7 +250,7 @@ def generator_label(config: dict) -> str:
     return f"`{Path(config['generator']).name}` (never shown irmcf)"
 
 
-def _ablation_lines(others: dict, rows: dict) -> list[str]:
+def _ablation_lines(others: dict, own: dict) -> list[str]:
     """The same methods with other generators (sibling presets' records), and what their
     mixes did to the colour."""
     others = {path: o for path, o in others.items() if o["methods"]}
@@ -268,15 +271,18 @@ def _ablation_lines(others: dict, rows: dict) -> list[str]:
         shares = (f"{100 * (m['mixes']['red'] + m['mixes']['green']):.1f}% | "
                   f"{100 * m['colour_changed']:.1f}%") if m else " | "  # fmt: skip
         train_on = _train_on(path)
+        label = generator_label(config)
+        if all(config.get(key) == own.get(key) for key in ("gan_iterations", "gan_data")):
+            label += ", a second fine-tune of this page's recipe"  # the same steps, other weights
         split = _split(path, m)
         for name, row in other["methods"].items():
-            lines.append(f"| {name} | {generator_label(config)} | {split} | "
+            lines.append(f"| {name} | {label} | {split} | "
                          f"{train_on if name == 'AdvMix' else ''} | "
                          f"{cell(row['test'], row['test_std'])} | {row['seeds']} | {shares} | "
                          f"`{path}` |")  # fmt: skip
     for path, other in others.items():
         if bullets := equal_compute_bullets(other["methods"]):
-            lines += ["", f"At equal compute, `{path}` ({EQUAL_COMPUTE_RULE[:-1]}):", "", *bullets]
+            lines += ["", f"At equal compute, `{path}`: {EQUAL_COMPUTE_RULE}", "", *bullets]
     return [*lines, ""]
 
 

@@ -190,7 +190,7 @@ def run_row(run_dir: Path, images: int, method: str, seed: int) -> dict:
     """One finished run as a results row: its settings, training seconds and accuracies."""
     return {
         "images": images, "method": method, "seed": seed, "epochs": run_epochs(run_dir),
-        "train_s": round(train_seconds(run_dir), 1), "run": str(run_dir),
+        "train_s": round(train_seconds(run_dir), 3), "run": str(run_dir),
         **accuracies(run_dir / "eval.json"),
     }  # fmt: skip
 

@@ -302,5 +302,5 @@ def study_run(cfg: StudyConfig, method: str, store: Path, seed: int, runs: Path,
     say(f"{ARMS[method].name:>22} sigma {sigma:g} seed {seed}: "
         + ", ".join(f"{s} {accuracy[s]:.3f}" for s in SPLITS) + f" ({seconds:.0f}s)")  # fmt: skip
     row = {"sigma": sigma, "method": method, "seed": seed, "epochs": run_epochs(run_dir),
-           "train_s": round(train_seconds(run_dir), 1), **accuracy}  # fmt: skip
+           "train_s": round(train_seconds(run_dir), 3), **accuracy}  # fmt: skip
     return row, seconds, f"{method} sigma-{sigma:g} seed-{seed}"
