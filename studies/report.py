@@ -63,6 +63,22 @@ def equal_compute_verdict(results: list[dict], names: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def equal_compute_text(results: list[dict], names: dict[str, str]) -> str:
+    verdict = equal_compute_verdict(results, names)
+    if not verdict:
+        return ""
+    counts = {word: verdict.count(f"AdvMix is {word}") for word in ("ahead", "level", "behind")}
+    return f"""## AdvMix against RandMix at equal compute
+
+"{names["randmix-long"]}" trains RandMix until it has spent at least each seed's AdvMix
+training seconds, in whole epochs (the table's *epochs* and *training s*). A lead within the
+larger of the two standard deviations is called level. Over the {sum(counts.values())} pairs of
+sigma and test colours AdvMix is ahead on {counts["ahead"]}, level on {counts["level"]} and
+behind on {counts["behind"]}:
+
+{verdict}"""
+
+
 def bar_plot(results: list[dict], names: dict[str, str], path: Path) -> None:
     plt = _pyplot()
     stats = aggregate(results)

@@ -37,7 +37,7 @@ from studies.report import (
     compute_plot,
     diagnostics_table,
     equal_compute_notes,
-    equal_compute_verdict,
+    equal_compute_text,
     markdown_table,
     mean_std,
     oracle_gap,
@@ -103,22 +103,6 @@ classifier (`{REFERENCE.name}`, trained on all 60k grey training images), which 
 | method | {gap["split"]} | gap to the study's oracle closed | gap to the 60k-image colour-blind classifier closed |
 |---|---|---|---|
 {rows}"""
-
-
-def equal_compute_text(results: list[dict], names: dict[str, str]) -> str:
-    verdict = equal_compute_verdict(results, names)
-    if not verdict:
-        return ""
-    counts = {word: verdict.count(f"AdvMix is {word}") for word in ("ahead", "level", "behind")}
-    return f"""## AdvMix against RandMix at equal compute
-
-"{names["randmix-long"]}" trains RandMix until it has spent at least each seed's AdvMix
-training seconds, in whole epochs (the table's *epochs* and *training s*). A lead within the
-larger of the two standard deviations is called level. Over the {sum(counts.values())} pairs of
-sigma and test colours AdvMix is ahead on {counts["ahead"]}, level on {counts["level"]} and
-behind on {counts["behind"]}:
-
-{verdict}"""
 
 
 def sigma_page(args, preset: str) -> str:

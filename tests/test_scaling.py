@@ -199,7 +199,7 @@ def test_equal_compute_verdict_is_given_per_sigma():
     assert "level with it (+0.000)" in lines[0]
     alone = equal_compute_verdict([r for r in rows if r["sigma"] == 0.1], NAMES)
     assert alone.startswith("- `iid`: AdvMix 0.900")
-    from studies.reproduce import equal_compute_text
+    from studies.report import equal_compute_text
 
     text = " ".join(equal_compute_text(rows, NAMES).split())
     assert "Over the 6 pairs of sigma and test colours AdvMix is ahead on 1, level on 4" in text
