@@ -45,38 +45,46 @@ def markdown_table(results: list[dict], names: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def equal_compute_verdict(results: list[dict], names: dict[str, str]) -> str:
-    """AdvMix against RandMix given AdvMix's seconds, per sigma and split; a lead within the
-    larger of the two standard deviations is called level."""
+def equal_compute_pairs(results: list[dict]) -> list[tuple]:
+    """(sigma, split, AdvMix (mean, std), RandMix-at-its-seconds (mean, std), standing) for
+    every sigma that has both arms; a lead within the larger std is called level."""
     stats = aggregate(results)
-    sigmas = list(dict.fromkeys(sigma for sigma, _ in stats))
-    lines = []
-    for sigma in sigmas:
+    pairs = []
+    for sigma in dict.fromkeys(sigma for sigma, _ in stats):
         if (sigma, "advmix") not in stats or (sigma, "randmix-long") not in stats:
             continue
-        where = f"sigma {sigma:g}, " if len(sigmas) > 1 else ""
         for split in SPLITS:
             (a, sa), (b, sb) = stats[sigma, "advmix"][split], stats[sigma, "randmix-long"][split]
-            lines.append(f"- {where}`{split}`: AdvMix {a:.3f} ± {sa:.3f}, {names['randmix-long']} "
-                         f"{b:.3f} ± {sb:.3f}: AdvMix is {standing(a - b, max(sa, sb))} "
-                         f"({a - b:+.3f}).")  # fmt: skip
-    return "\n".join(lines)
+            pairs.append((sigma, split, (a, sa), (b, sb), standing(a - b, max(sa, sb))))
+    return pairs
+
+
+def equal_compute_verdict(results: list[dict], names: dict[str, str]) -> str:
+    """One line per sigma and split of ``equal_compute_pairs``; a lone sigma is not named."""
+    pairs = equal_compute_pairs(results)
+    several = len({sigma for sigma, *_ in pairs}) > 1
+    return "\n".join(
+        f"- {f'sigma {sigma:g}, ' if several else ''}`{split}`: AdvMix {a:.3f} ± {sa:.3f}, "
+        f"{names['randmix-long']} {b:.3f} ± {sb:.3f}: AdvMix is {where} ({a - b:+.3f})."
+        for sigma, split, (a, sa), (b, sb), where in pairs
+    )
 
 
 def equal_compute_text(results: list[dict], names: dict[str, str]) -> str:
-    verdict = equal_compute_verdict(results, names)
-    if not verdict:
+    pairs = equal_compute_pairs(results)
+    if not pairs:
         return ""
-    counts = {word: verdict.count(f"AdvMix is {word}") for word in ("ahead", "level", "behind")}
+    counts = {word: sum(where.startswith(word) for *_, where in pairs)
+              for word in ("ahead", "level", "behind")}  # fmt: skip
     return f"""## AdvMix against RandMix at equal compute
 
 "{names["randmix-long"]}" trains RandMix until it has spent at least each seed's AdvMix
 training seconds, in whole epochs (the table's *epochs* and *training s*). A lead within the
-larger of the two standard deviations is called level. Over the {sum(counts.values())} pairs of
+larger of the two standard deviations is called level. Over the {len(pairs)} pairs of
 sigma and test colours AdvMix is ahead on {counts["ahead"]}, level on {counts["level"]} and
 behind on {counts["behind"]}:
 
-{verdict}"""
+{equal_compute_verdict(results, names)}"""
 
 
 def bar_plot(results: list[dict], names: dict[str, str], path: Path) -> None:
